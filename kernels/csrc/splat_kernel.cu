@@ -1,0 +1,344 @@
+// CUDA kernels of the splat op. Semantics and notation: kernels/__init__.py and
+// kernels/reference.py (the reference's docstring derives every gradient used here).
+//
+// Forward: one block per (16x16 pixel tile, image, chunk of CC channels); the whole
+// batch in one launch. Gaussians stream through shared memory 256 at a time; each
+// batch is culled against the tile with a conservative bounding box of the ellipse
+// {q <= cutoff} and compacted in index order, so every pixel sums its Gaussians in
+// index order: the forward is deterministic, and the exact q <= cutoff test per pixel
+// makes the result independent of the tile layout.
+//
+// Backward: one warp per Gaussian (b, i), also the whole batch in one launch. The warp
+// walks the pixels of the Gaussian's bounding box and reduces in registers and warp
+// shuffles, so no atomics are used (deterministic as well) and no [B, H*W, N] tensor
+// exists. Every Gaussian, including the last of any tile, owns its own reduction.
+// c10 headers only: ATen/cuda/CUDAContext.h would pull in cuSPARSE/cuBLAS headers that a
+// minimal CUDA toolkit does not ship, and the kernels need nothing but the stream.
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "splat.h"
+
+namespace {
+
+constexpr int kTile = 16;                    // forward tile side in pixels
+constexpr int kBlock = kTile * kTile;        // threads per block (both kernels)
+constexpr int kWarps = kBlock / 32;          // backward: Gaussians per block
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// One Gaussian in pixel space, with everything the per-pixel weight needs.
+struct Gauss {
+  float mx, my;          // mean in pixels (column, row)
+  float cs, sn;          // cos and sin of the rotation
+  float inv_sx, inv_sy;  // 1 / scale
+  float opacity;
+};
+
+template <typename T>
+__device__ __forceinline__ float to_float(T v) {
+  return static_cast<float>(v);
+}
+
+__device__ __forceinline__ Gauss load_gauss(const float* __restrict__ means,
+                                            const float* __restrict__ scales,
+                                            const float* __restrict__ rotations, float opacity,
+                                            int64_t gi, int H, int W) {
+  Gauss g;
+  g.mx = (means[2 * gi] + 1.f) * (0.5f * W) - 0.5f;
+  g.my = (means[2 * gi + 1] + 1.f) * (0.5f * H) - 0.5f;
+  sincosf(rotations[gi], &g.sn, &g.cs);
+  g.inv_sx = 1.f / scales[2 * gi];
+  g.inv_sy = 1.f / scales[2 * gi + 1];
+  g.opacity = opacity;
+  return g;
+}
+
+// Pixel box [x0, x1] x [y0, y1] (inclusive, clipped to the map) holding every pixel
+// centre with q <= cutoff. The half-extents of the ellipse are sqrt(cutoff * Sigma_xx)
+// and sqrt(cutoff * Sigma_yy); the box is padded slightly so rounding never loses a
+// pixel the exact test would keep. Empty when x0 > x1 or y0 > y1. NaN or inf geometry
+// clamps to the whole map, where the exact test then keeps nothing it should not.
+struct Box {
+  int x0, x1, y0, y1;
+};
+
+__device__ __forceinline__ Box gauss_box(const Gauss& g, float cutoff, int H, int W) {
+  const float sx = 1.f / g.inv_sx, sy = 1.f / g.inv_sy;
+  const float var_x = g.cs * g.cs * sx * sx + g.sn * g.sn * sy * sy;
+  const float var_y = g.sn * g.sn * sx * sx + g.cs * g.cs * sy * sy;
+  const float rx = sqrtf(cutoff * var_x) * 1.0001f + 0.01f;
+  const float ry = sqrtf(cutoff * var_y) * 1.0001f + 0.01f;
+  // fmaxf/fminf return the non-NaN operand, so NaN clamps into [-1, W] before the cast.
+  Box box;
+  box.x0 = max(0, static_cast<int>(floorf(fminf(fmaxf(g.mx - rx, -1.f), float(W)))));
+  box.x1 = min(W - 1, static_cast<int>(ceilf(fminf(fmaxf(g.mx + rx, -1.f), float(W)))));
+  box.y0 = max(0, static_cast<int>(floorf(fminf(fmaxf(g.my - ry, -1.f), float(H)))));
+  box.y1 = min(H - 1, static_cast<int>(ceilf(fminf(fmaxf(g.my + ry, -1.f), float(H)))));
+  return box;
+}
+
+// Frame coordinates of pixel (px, py) for Gaussian g; returns q = a^2 + b^2.
+__device__ __forceinline__ float gauss_frame(const Gauss& g, float px, float py, float& a,
+                                             float& b) {
+  const float dx = px - g.mx, dy = py - g.my;
+  a = (g.cs * dx + g.sn * dy) * g.inv_sx;
+  b = (g.cs * dy - g.sn * dx) * g.inv_sy;
+  return a * a + b * b;
+}
+
+__device__ __forceinline__ float gauss_weight(const Gauss& g, float px, float py,
+                                              float cutoff) {
+  float a, b;
+  const float q = gauss_frame(g, px, py, a, b);
+  return q <= cutoff ? g.opacity * expf(-0.5f * q) : 0.f;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(kFullMask, v, offset);
+  return v;
+}
+
+// ---------------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------------
+template <typename scalar_t, int CC>
+__global__ void __launch_bounds__(kBlock)
+    splat_forward_kernel(const float* __restrict__ means, const float* __restrict__ scales,
+                         const float* __restrict__ rotations,
+                         const scalar_t* __restrict__ features,
+                         const scalar_t* __restrict__ opacity, scalar_t* __restrict__ out,
+                         int N, int C, int H, int W, float cutoff, int tiles_x) {
+  __shared__ Gauss s_gauss[kBlock];
+  __shared__ float s_feat[kBlock][CC];
+  __shared__ int s_warp_count[kWarps];
+
+  const int b = blockIdx.y;
+  const int c0 = blockIdx.z * CC;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int tx0 = (blockIdx.x % tiles_x) * kTile, ty0 = (blockIdx.x / tiles_x) * kTile;
+  const int tx1 = min(tx0 + kTile, W) - 1, ty1 = min(ty0 + kTile, H) - 1;
+  const int x = tx0 + tid % kTile, y = ty0 + tid / kTile;
+  const bool inside = x < W && y < H;
+
+  float acc[CC];
+#pragma unroll
+  for (int k = 0; k < CC; ++k) acc[k] = 0.f;
+
+  for (int start = 0; start < N; start += kBlock) {
+    // 1. Each thread loads one Gaussian and tests its box against this tile.
+    const int i = start + tid;
+    const int64_t gi = static_cast<int64_t>(b) * N + i;
+    bool keep = false;
+    Gauss g;
+    if (i < N) {
+      g = load_gauss(means, scales, rotations, to_float(opacity[gi]), gi, H, W);
+      const Box box = gauss_box(g, cutoff, H, W);
+      keep = box.x0 <= tx1 && box.x1 >= tx0 && box.y0 <= ty1 && box.y1 >= ty0;
+    }
+    // 2. Order-preserving compaction of the kept Gaussians into shared memory.
+    const unsigned ballot = __ballot_sync(kFullMask, keep);
+    if (lane == 0) s_warp_count[warp] = __popc(ballot);
+    __syncthreads();
+    int offset = 0, total = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const int count = s_warp_count[w];
+      offset += w < warp ? count : 0;
+      total += count;
+    }
+    if (keep) {
+      const int slot = offset + __popc(ballot & ((1u << lane) - 1u));
+      s_gauss[slot] = g;
+      const scalar_t* f = features + gi * C + c0;
+#pragma unroll
+      for (int k = 0; k < CC; ++k) s_feat[slot][k] = c0 + k < C ? to_float(f[k]) : 0.f;
+    }
+    __syncthreads();
+    // 3. Every pixel sums the kept Gaussians in index order.
+    if (inside) {
+      const float px = x, py = y;
+      for (int j = 0; j < total; ++j) {
+        const float w = gauss_weight(s_gauss[j], px, py, cutoff);
+        if (w != 0.f) {
+#pragma unroll
+          for (int k = 0; k < CC; ++k) acc[k] += w * s_feat[j][k];
+        }
+      }
+    }
+    __syncthreads();  // the next batch overwrites shared memory
+  }
+
+  if (inside) {
+    const int64_t hw = static_cast<int64_t>(H) * W;
+    scalar_t* o = out + (static_cast<int64_t>(b) * C + c0) * hw + static_cast<int64_t>(y) * W + x;
+#pragma unroll
+    for (int k = 0; k < CC; ++k) {
+      if (c0 + k < C) o[k * hw] = static_cast<scalar_t>(acc[k]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Backward
+// ---------------------------------------------------------------------------------
+template <typename scalar_t>
+__global__ void __launch_bounds__(kBlock)
+    splat_backward_kernel(const scalar_t* __restrict__ grad_out,
+                          const float* __restrict__ means, const float* __restrict__ scales,
+                          const float* __restrict__ rotations,
+                          const scalar_t* __restrict__ features,
+                          const scalar_t* __restrict__ opacity,
+                          float* __restrict__ grad_means, float* __restrict__ grad_scales,
+                          float* __restrict__ grad_rotations,
+                          scalar_t* __restrict__ grad_features,
+                          scalar_t* __restrict__ grad_opacity, int N, int C, int H, int W,
+                          float cutoff) {
+  const int lane = threadIdx.x % 32;
+  const int i = blockIdx.x * kWarps + threadIdx.x / 32;
+  const int b = blockIdx.y;
+  if (i >= N) return;  // uniform per warp; this kernel never uses __syncthreads
+
+  const int64_t gi = static_cast<int64_t>(b) * N + i;
+  const int64_t hw = static_cast<int64_t>(H) * W;
+  const Gauss g = load_gauss(means, scales, rotations, to_float(opacity[gi]), gi, H, W);
+  const Box box = gauss_box(g, cutoff, H, W);
+  const int bw = max(0, box.x1 - box.x0 + 1);
+  const int npix = bw * max(0, box.y1 - box.y0 + 1);
+  const scalar_t* f = features + gi * C;
+  const scalar_t* go = grad_out + static_cast<int64_t>(b) * C * hw;
+
+  // Geometry and opacity: lanes stride over the box's pixels.
+  // sums: S_a, S_b, S_aa, S_bb, S_ab (each of G_q times a frame term) and sum g h.
+  float s_a = 0.f, s_b = 0.f, s_aa = 0.f, s_bb = 0.f, s_ab = 0.f, s_o = 0.f;
+  for (int k = lane; k < npix; k += 32) {
+    const int px = box.x0 + k % bw, py = box.y0 + k / bw;
+    float a, bb;
+    const float q = gauss_frame(g, px, py, a, bb);
+    if (q <= cutoff) {
+      const float gw = expf(-0.5f * q);
+      const scalar_t* gp = go + static_cast<int64_t>(py) * W + px;
+      float h = 0.f;  // <grad_out[b, :, p], features[b, i, :]>
+      for (int c = 0; c < C; ++c) h += to_float(gp[c * hw]) * to_float(f[c]);
+      const float gh = gw * h;
+      const float gq = -0.5f * g.opacity * gh;
+      s_o += gh;
+      s_a += gq * a;
+      s_b += gq * bb;
+      s_aa += gq * a * a;
+      s_bb += gq * bb * bb;
+      s_ab += gq * a * bb;
+    }
+  }
+  s_a = warp_sum(s_a);
+  s_b = warp_sum(s_b);
+  s_aa = warp_sum(s_aa);
+  s_bb = warp_sum(s_bb);
+  s_ab = warp_sum(s_ab);
+  s_o = warp_sum(s_o);
+  if (lane == 0) {
+    const float sx = 1.f / g.inv_sx, sy = 1.f / g.inv_sy;
+    grad_means[2 * gi] = -W * (g.cs * s_a * g.inv_sx - g.sn * s_b * g.inv_sy);
+    grad_means[2 * gi + 1] = -H * (g.sn * s_a * g.inv_sx + g.cs * s_b * g.inv_sy);
+    grad_scales[2 * gi] = -2.f * s_aa * g.inv_sx;
+    grad_scales[2 * gi + 1] = -2.f * s_bb * g.inv_sy;
+    grad_rotations[gi] = 2.f * s_ab * (sy * g.inv_sx - sx * g.inv_sy);
+    grad_opacity[gi] = static_cast<scalar_t>(s_o);
+  }
+
+  // Features: lanes own channels; the warp walks the box 32 pixels at a time, each
+  // lane computing one pixel's weight, then broadcasting the non-zero ones in order.
+  for (int c0 = 0; c0 < C; c0 += 32) {
+    const int c = c0 + lane;
+    float acc = 0.f;
+    for (int k0 = 0; k0 < npix; k0 += 32) {
+      const int k = k0 + lane;
+      float w = 0.f;
+      int pixel = 0;
+      if (k < npix) {
+        const int px = box.x0 + k % bw, py = box.y0 + k / bw;
+        w = gauss_weight(g, px, py, cutoff);
+        pixel = py * W + px;
+      }
+      unsigned todo = __ballot_sync(kFullMask, w != 0.f);  // same on every lane
+      while (todo) {
+        const int j = __ffs(todo) - 1;
+        todo &= todo - 1u;
+        const float wj = __shfl_sync(kFullMask, w, j);
+        const int pj = __shfl_sync(kFullMask, pixel, j);
+        if (c < C) acc += wj * to_float(go[c * hw + pj]);
+      }
+    }
+    if (c < C) grad_features[gi * C + c] = static_cast<scalar_t>(acc);
+  }
+}
+
+template <typename scalar_t, int CC>
+void forward_with_chunk(const at::Tensor& means, const at::Tensor& scales,
+                        const at::Tensor& rotations, const at::Tensor& features,
+                        const at::Tensor& opacity, at::Tensor& out, float cutoff) {
+  const int B = features.size(0), N = features.size(1), C = features.size(2);
+  const int H = out.size(2), W = out.size(3);
+  const int tiles_x = (W + kTile - 1) / kTile, tiles_y = (H + kTile - 1) / kTile;
+  const dim3 grid(tiles_x * tiles_y, B, (C + CC - 1) / CC);
+  splat_forward_kernel<scalar_t, CC><<<grid, kBlock, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      means.data_ptr<float>(), scales.data_ptr<float>(), rotations.data_ptr<float>(),
+      features.data_ptr<scalar_t>(), opacity.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+      N, C, H, W, cutoff, tiles_x);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Calls body<scalar_t>() for the three supported feature dtypes.
+#define SPLAT_DISPATCH(dtype, ...)                                                  \
+  switch (dtype) {                                                                  \
+    case at::kFloat: { using scalar_t = float; __VA_ARGS__(); break; }             \
+    case at::kHalf: { using scalar_t = c10::Half; __VA_ARGS__(); break; }          \
+    case at::kBFloat16: { using scalar_t = c10::BFloat16; __VA_ARGS__(); break; }  \
+    default: TORCH_CHECK(false, "splat: unsupported feature dtype ", dtype);        \
+  }
+
+}  // namespace
+
+void launch_splat_forward(const at::Tensor& means, const at::Tensor& scales,
+                          const at::Tensor& rotations, const at::Tensor& features,
+                          const at::Tensor& opacity, at::Tensor& out, double cutoff) {
+  if (out.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(features.device());
+  const int C = features.size(2);
+  const float cut = static_cast<float>(cutoff);
+  SPLAT_DISPATCH(features.scalar_type(), [&] {
+    // The smallest channel chunk that covers C, at most 32 (larger C: several chunks).
+    if (C <= 1) forward_with_chunk<scalar_t, 1>(means, scales, rotations, features, opacity, out, cut);
+    else if (C <= 2) forward_with_chunk<scalar_t, 2>(means, scales, rotations, features, opacity, out, cut);
+    else if (C <= 4) forward_with_chunk<scalar_t, 4>(means, scales, rotations, features, opacity, out, cut);
+    else if (C <= 8) forward_with_chunk<scalar_t, 8>(means, scales, rotations, features, opacity, out, cut);
+    else if (C <= 16) forward_with_chunk<scalar_t, 16>(means, scales, rotations, features, opacity, out, cut);
+    else forward_with_chunk<scalar_t, 32>(means, scales, rotations, features, opacity, out, cut);
+  });
+}
+
+void launch_splat_backward(const at::Tensor& grad_out, const at::Tensor& means,
+                           const at::Tensor& scales, const at::Tensor& rotations,
+                           const at::Tensor& features, const at::Tensor& opacity,
+                           at::Tensor& grad_means, at::Tensor& grad_scales,
+                           at::Tensor& grad_rotations, at::Tensor& grad_features,
+                           at::Tensor& grad_opacity, double cutoff) {
+  const int B = features.size(0), N = features.size(1), C = features.size(2);
+  if (B == 0 || N == 0) return;
+  const c10::cuda::CUDAGuard guard(features.device());
+  const int H = grad_out.size(2), W = grad_out.size(3);
+  const dim3 grid((N + kWarps - 1) / kWarps, B);
+  SPLAT_DISPATCH(features.scalar_type(), [&] {
+    splat_backward_kernel<scalar_t><<<grid, kBlock, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        grad_out.data_ptr<scalar_t>(), means.data_ptr<float>(), scales.data_ptr<float>(),
+        rotations.data_ptr<float>(), features.data_ptr<scalar_t>(),
+        opacity.data_ptr<scalar_t>(), grad_means.data_ptr<float>(),
+        grad_scales.data_ptr<float>(), grad_rotations.data_ptr<float>(),
+        grad_features.data_ptr<scalar_t>(), grad_opacity.data_ptr<scalar_t>(), N, C, H, W,
+        static_cast<float>(cutoff));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
