@@ -1,0 +1,41 @@
+"""Small synthetic image trees and shard sets whose every image encodes its own index."""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from data.build_shards import BuildSettings, build_shards
+
+
+def index_image(i: int, size: int = 8) -> Image.Image:
+    """A flat image whose red and green channels spell i (unique for i < 65536)."""
+    arr = np.zeros((size, size, 3), dtype=np.uint8)
+    arr[..., 0], arr[..., 1], arr[..., 2] = i % 256, i // 256, 77
+    return Image.fromarray(arr)
+
+
+def image_index(image_chw) -> int:
+    """Inverse of index_image for a loader tensor in [-1, 1]."""
+    pix = ((image_chw[:, 0, 0] + 1) * 127.5).round().int().tolist()
+    return pix[0] + 256 * pix[1]
+
+
+def make_tree(root: Path, per_class: dict[str, int]) -> int:
+    """ImageFolder tree of PNGs with globally unique index images; returns the count."""
+    i = 0
+    for name, n in per_class.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for _ in range(n):
+            index_image(i).save(root / name / f"img{i:04d}.png")
+            i += 1
+    return i
+
+
+def make_index_shards(tmp: Path, n: int, shard_size: int, name="shards") -> Path:
+    src = tmp / f"{name}-src"
+    make_tree(src, {"c0": n // 2, "c1": n - n // 2})
+    out = tmp / name
+    build_shards(out, BuildSettings(str(src), 8, "center", "png", shard_size), src=src,
+                 progress=False)
+    return out

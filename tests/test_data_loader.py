@@ -1,0 +1,135 @@
+"""Image loader: exactly-once epochs over ranks x workers, resampling, damage skipped."""
+
+import io
+import tarfile
+import warnings
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from data.loader import make_image_loader
+from data.split import epoch_ranges, shuffle_buffer
+from data.stream import ShardSetError
+from data.tario import write_tar_atomic
+from tests.data_helpers import image_index, index_image, make_index_shards
+
+
+@pytest.mark.parametrize("counts", [[5, 7, 1, 9], [10], [3, 3, 3, 3, 3, 3, 3], [0, 4, 0, 2]])
+@pytest.mark.parametrize("num_slots", [1, 3, 4, 8])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_epoch_ranges_cover_each_sample_once_and_balance(counts, num_slots, shuffle):
+    seen, sizes = Counter(), []
+    for slot in range(num_slots):
+        pieces = epoch_ranges(counts, slot, num_slots, epoch=3, seed=1, shuffle=shuffle)
+        sizes.append(sum(stop - start for _, start, stop in pieces))
+        for shard, start, stop in pieces:
+            seen.update((shard, i) for i in range(start, stop))
+    assert seen == Counter({(s, i): 1 for s, c in enumerate(counts) for i in range(c)})
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_shuffle_buffer_is_a_permutation():
+    out = list(shuffle_buffer(range(100), 10, np.random.default_rng(0)))
+    assert sorted(out) == list(range(100)) and out != list(range(100))
+
+
+def _indices(loader):
+    return [image_index(img) for images, _ in loader for img in images]
+
+
+def test_two_ranks_two_workers_epoch_exact(tmp_path):
+    folder = make_index_shards(tmp_path, 45, shard_size=7)
+    per_rank = []
+    for rank in range(2):
+        loader = make_image_loader(folder, batch_size=4, image_size=8, train=False,
+                                   shuffle=True, rank=rank, world_size=2, num_workers=2)
+        loader.dataset.set_epoch(1)
+        per_rank.append(_indices(loader))
+    assert sorted(per_rank[0] + per_rank[1]) == list(range(45))
+    assert abs(len(per_rank[0]) - len(per_rank[1])) <= 1
+    # another epoch: the same samples, in another order
+    loader = make_image_loader(folder, batch_size=4, image_size=8, train=False, shuffle=True,
+                               rank=0, world_size=2, num_workers=2)
+    loader.dataset.set_epoch(2)
+    again = _indices(loader)
+    assert again != per_rank[0]
+
+
+def test_labels_and_pixels_survive_the_loader(tmp_path):
+    folder = make_index_shards(tmp_path, 10, shard_size=4)
+    loader = make_image_loader(folder, batch_size=10, image_size=8, train=False)
+    images, labels = next(iter(loader))
+    assert images.shape == (10, 3, 8, 8) and images.dtype == torch.float32
+    assert [image_index(i) for i in images] == list(range(10))
+    assert labels.tolist() == [0] * 5 + [1] * 5
+    np.testing.assert_allclose(images[:, 2].numpy(), 77 / 127.5 - 1, atol=1e-6)
+
+
+def test_training_augmentation_crops_and_flips(tmp_path):
+    src = tmp_path / "src" / "a"
+    src.mkdir(parents=True)
+    arr = np.arange(12 * 12 * 3, dtype=np.uint8).reshape(12, 12, 3)
+    from PIL import Image
+    Image.fromarray(arr).save(src / "x.png")
+    from data.build_shards import BuildSettings, build_shards
+    build_shards(tmp_path / "out", BuildSettings("x", 12, "center", "png", 4),
+                 src=tmp_path / "src", progress=False)
+    loader = make_image_loader(tmp_path / "out", batch_size=1, image_size=8, train=True,
+                               drop_last=False)
+    crops = set()
+    for epoch in range(12):
+        loader.dataset.set_epoch(epoch)
+        (img,), _ = next(iter(loader))
+        crop = ((img.permute(1, 2, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
+        found = [(t, l, f) for t in range(5) for l in range(5) for f in (0, 1)
+                 if np.array_equal(crop, (arr[t:t + 8, l:l + 8][:, ::-1] if f
+                                          else arr[t:t + 8, l:l + 8]))]
+        assert len(found) == 1
+        crops.add(found[0])
+    assert len(crops) > 3 and {f for *_, f in crops} == {0, 1}
+
+
+def test_resampled_mode_streams_endlessly(tmp_path):
+    folder = make_index_shards(tmp_path, 12, shard_size=3)
+    loader = make_image_loader(folder, batch_size=5, image_size=8, train=False, mode="resampled",
+                               shuffle=True)
+    it = iter(loader)
+    seen = [image_index(img) for _ in range(10) for img in next(it)[0]]
+    assert len(seen) == 50 and set(seen) <= set(range(12)) and len(set(seen)) > 6
+
+
+def _png(i):
+    buf = io.BytesIO()
+    index_image(i).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_corrupt_sample_and_truncated_tar_are_skipped_and_counted(tmp_path):
+    folder = make_index_shards(tmp_path, 12, shard_size=4)
+    # shard 0: replace sample 1's image by garbage
+    samples = [{"__key__": f"{i:08d}", "png": _png(i) if i != 1 else b"\x89PNG garbage",
+                "cls": b"0"} for i in range(4)]
+    write_tar_atomic(folder / "shard-000000.tar", samples)
+    # shard 2: cut in the middle of its second sample's data
+    path = folder / "shard-000002.tar"
+    with tarfile.open(path) as tar:
+        cut = [m for m in tar.getmembers()][4].offset_data + 10  # inside the 2nd sample
+    with open(path, "r+b") as f:
+        f.truncate(cut)
+    loader = make_image_loader(folder, batch_size=2, image_size=8, train=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = sorted(_indices(loader))
+    assert got == [0, 2, 3, 4, 5, 6, 7, 8]  # 1 corrupt; 9, 10, 11 lost to the cut
+    assert loader.dataset.skipped == 4
+    assert any("skipping" in str(w.message) for w in caught)
+
+
+def test_missing_or_foreign_shard_set_is_a_clear_error(tmp_path):
+    with pytest.raises(ShardSetError, match=r"no manifest\.json"):
+        make_image_loader(tmp_path, batch_size=1, image_size=8)
+    (tmp_path / "manifest.json").write_text('{"format": "gtgen-tokens-v1", "shards": []}')
+    with pytest.raises(ShardSetError, match="expected 'gtgen-images-v1'"):
+        make_image_loader(tmp_path, batch_size=1, image_size=8)
