@@ -135,7 +135,8 @@ class ReconstructionEvaluator:
         self.values["psnr"].append(psnr(a, b))
         self.values["ssim"].append(ssim(a, b))
         if self.lpips is not None:
-            self.values["lpips"].append(self.lpips(a.float() * 2 - 1, b.float() * 2 - 1).cpu())
+            with torch.no_grad():
+                self.values["lpips"].append(self.lpips(a.float() * 2 - 1, b.float() * 2 - 1).cpu())
         if self.extractor is not None:
             def u8(x):
                 return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

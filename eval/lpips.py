@@ -56,8 +56,8 @@ class LPIPS(torch.nn.Module):
             conv += 1
         return taps
 
-    @torch.no_grad()
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Differentiable in a and b (a training loss); wrap in no_grad to evaluate."""
         if a.shape != b.shape or a.dim() != 4 or a.shape[1] != 3:
             raise ValueError(f"expected two [N, 3, H, W] batches, got {list(a.shape)} and "
                              f"{list(b.shape)}")

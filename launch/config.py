@@ -1,0 +1,102 @@
+"""The project's one config mechanism: nested dataclasses <-> TOML.
+
+Config classes are plain dataclasses that validate themselves in ``__post_init__``
+(raising ValueError that names the field). ``from_dict`` builds them from nested
+dicts and refuses unknown keys; ``load`` reads a TOML file and applies ``a.b=value``
+overrides; ``to_dict`` / ``dumps`` give the resolved config that every run writes
+next to its output and into every checkpoint.
+"""
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A config file or override does not fit the config classes."""
+
+
+def _field_types(cls) -> dict[str, typing.Any]:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(cls, data: dict, where: str = ""):
+    """Build dataclass ``cls`` from a nested dict; unknown keys are an error."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a table, got {data!r}")
+    hints = _field_types(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where or cls.__name__}: unknown keys {sorted(unknown)}; "
+                          f"known: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        origin = typing.get_origin(hint)
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        inner = args[0] if origin in (typing.Union, types.UnionType) and len(args) == 1 else hint
+        if dataclasses.is_dataclass(inner) and isinstance(value, dict):
+            value = from_dict(inner, value, f"{where}{key}.")
+        elif typing.get_origin(inner) in (tuple, list) and isinstance(value, list):
+            value = tuple(value) if typing.get_origin(inner) is tuple else list(value)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{where or cls.__name__}: {err}") from err
+
+
+def to_dict(config) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(config)))  # tuples -> lists, TOML-able
+
+
+def _parse_value(text: str):
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word: a string
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` strings (values parsed as TOML, else strings)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        *path, leaf = key.strip().split(".")
+        node = data
+        for part in path:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a table")
+        node[leaf] = _parse_value(value.strip())
+    return data
+
+
+def load(cls, path: Path | str | None = None, overrides: list[str] | None = None):
+    data = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML ({err})") from err
+    return from_dict(cls, apply_overrides(data, overrides or []))
+
+
+def dumps(config) -> str:
+    """TOML text of a resolved config (tables for nested dataclasses)."""
+    def emit(d: dict, prefix: str) -> list[str]:
+        lines = [f"{k} = {json.dumps(v)}" for k, v in d.items()
+                 if v is not None and not isinstance(v, dict)]  # None: the default
+        for k, v in d.items():
+            if isinstance(v, dict):
+                lines += ["", f"[{prefix}{k}]", *emit(v, f"{prefix}{k}.")]
+        return lines
+    return "\n".join(emit(to_dict(config), "")).lstrip() + "\n"

@@ -1,0 +1,97 @@
+"""Training-run plumbing shared by the trainers: distributed set-up from the launcher's
+environment, atomic checkpoints loaded without executing pickles, RNG capture for
+exact resume, the warm-up + cosine schedule, and model EMA."""
+
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    """Join the process group when a launcher (torchrun, deepspeed) set WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    info = Dist(int(os.environ.get("RANK", 0)), world, int(os.environ.get("LOCAL_RANK", 0)))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend)
+    return info
+
+
+def device_for(info: Dist) -> torch.device:
+    return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else \
+        torch.device("cpu")
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up to 1, then cosine down to min_ratio at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p.detach().to(e.dtype), 1 - decay)
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        e.copy_(b)
+
+
+def rng_state() -> dict:
+    """Every RNG a step may draw from, as tensors and ints (loadable with weights_only)."""
+    np_state = np.random.get_state()  # noqa: NPY002 - we save the legacy global RNG too
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                       "pos": int(np_state[2]), "gauss": [int(np_state[3]),
+                                                          float(np_state[4])]}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuplify(state["python"]))
+    n = state["numpy"]
+    legacy = ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], *n["gauss"])
+    np.random.set_state(legacy)  # noqa: NPY002 - restoring the legacy global RNG
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuplify(x):
+    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save to a temporary name, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, device="cpu") -> dict:
+    """Load with weights_only=True: tensors and plain containers, never arbitrary code."""
+    return torch.load(path, map_location=device, weights_only=True)

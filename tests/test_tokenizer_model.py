@@ -1,0 +1,147 @@
+"""Tokenizer models: quantiser contracts, gradients, canonical order, exact round trips."""
+
+import math
+
+import pytest
+import torch
+
+from tokenizer.config import QuantizerConfig, registry_config
+from tokenizer.gaussian import Geometry
+from tokenizer.quantize import VectorQuantizer, rotation_trick
+from tokenizer.registry import build_tokenizer
+
+
+def _model(kind, **quantizer):
+    torch.manual_seed(0)
+    cfg = registry_config(f"{kind}-debug")
+    for k, v in quantizer.items():
+        setattr(cfg.quantizer, k, v)
+    return build_tokenizer(cfg)
+
+
+def _images(n=4, seed=0):
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.mark.parametrize("gradient", ["ste", "rotation"])
+def test_vector_quantizer_contract_and_round_trip(gradient):
+    vq = VectorQuantizer(QuantizerConfig(codebook_size=16, dim=4, gradient=gradient,
+                                         kmeans_iters=3))
+    z = torch.randn(2, 5, 4, requires_grad=True)
+    q, idx, losses = vq(z)
+    assert q.shape == z.shape and idx.shape == (2, 5) and idx.dtype == torch.int64
+    assert bool(vq.initialised)  # k-means ran on the first training batch
+    # indices map back to the codes; the forward value is the code (rotation: to rounding)
+    torch.testing.assert_close(q, vq.codes(idx), rtol=1e-5, atol=1e-5)
+    # nearest by brute force
+    d = ((z.detach()[..., None, :] - vq.codebook) ** 2).sum(-1)
+    assert torch.equal(idx, d.argmin(-1))
+    q.sum().backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    assert losses["commitment"] > 0
+    with torch.no_grad():
+        q2, idx2, _ = vq.eval()(z)
+    assert torch.equal(q2, vq.codes(idx2))  # exact without gradients
+
+
+def test_rotation_trick_is_a_scaled_rotation_mapping_z_to_e():
+    z = torch.randn(6, dtype=torch.float64)
+    e = torch.randn(6, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda x: rotation_trick(x[None], e[None])[0], z)
+    scale = e.norm() / z.norm()
+    rot = jac / scale
+    torch.testing.assert_close(rot @ rot.T, torch.eye(6, dtype=torch.float64))
+    torch.testing.assert_close(torch.linalg.det(rot), torch.tensor(1.0, dtype=torch.float64))
+    torch.testing.assert_close(rot @ (z / z.norm()), e / e.norm())
+    torch.testing.assert_close(rotation_trick(z[None], e[None])[0], e)
+
+
+def test_ema_update_ignores_non_finite_rows():
+    vq = VectorQuantizer(QuantizerConfig(codebook_size=8, dim=3, kmeans_iters=2))
+    vq(torch.randn(64, 3))
+    z = torch.randn(64, 3)
+    z[5] = float("nan")
+    vq(z)
+    assert torch.isfinite(vq.codebook).all()
+
+
+def test_geometry_tokens_round_trip_to_bin_centres():
+    model = _model("gaussian")
+    g = model.cfg.gaussian
+    gen = torch.Generator().manual_seed(1)
+    geo = Geometry(torch.rand(2, 7, 2, generator=gen) * 2 - 1,
+                   math.log(g.scale_min) + torch.rand(2, 7, 2, generator=gen)
+                   * (math.log(g.scale_max) - math.log(g.scale_min)),
+                   torch.rand(2, 7, generator=gen) * math.pi)
+    position, shape, q = model.quantize_geometry(geo)
+    assert position.max() < model.vocab_sizes[0] and shape.max() < model.vocab_sizes[1]
+    back = model.geometry_from_tokens(position, shape)
+    for a, b in ((q.xy, back.xy), (q.log_scale, back.log_scale), (q.rotation, back.rotation)):
+        assert torch.equal(a, b)
+    # each centre lies within half a bin of the value it came from
+    half = 1 / g.position_bins
+    assert (q.xy - geo.xy).abs().max() <= half + 1e-6
+    # re-quantising a centre gives the same tokens
+    p2, s2, _ = model.quantize_geometry(back)
+    assert torch.equal(p2, position) and torch.equal(s2, shape)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "vq"])
+@pytest.mark.parametrize("gradient", ["ste", "rotation"])
+def test_gradients_reach_the_encoder(kind, gradient):
+    model = _model(kind, gradient=gradient)
+    recon, aux = model(_images())
+    ((recon - _images()).abs().mean() + aux["commitment"]).backward()
+    first_conv = model.encoder.conv_in.weight.grad
+    assert first_conv is not None and first_conv.abs().sum() > 0
+    if kind == "gaussian":  # geometry is quantised straight-through: its anchors learn
+        assert model.anchor_raw.grad.abs().sum() > 0
+
+
+def test_tokens_are_in_canonical_raster_order():
+    model = _model("gaussian").eval()
+    tokens = model.encode(_images(6, 3))
+    assert tokens.shape == (6, 16, 3)
+    position = tokens[..., 0]
+    assert torch.all(position[:, 1:] >= position[:, :-1])
+    order = model._canonical(torch.tensor([[5, 2, 5, 0, 2]]))
+    assert order.tolist() == [[3, 1, 4, 0, 2]]  # ties keep anchor order
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "vq"])
+def test_decode_of_encode_is_the_models_reconstruction(kind):
+    model = _model(kind)
+    model(_images(8, 4))  # one training-mode pass: k-means init, EMA update
+    model.eval()
+    x = _images(3, 5)
+    with torch.no_grad():
+        recon, _ = model(x)
+    assert torch.equal(model.decode(model.encode(x)), recon)
+    # the token order is irrelevant to decode (the splat is a sum): up to rounding
+    if kind == "gaussian":
+        tokens = model.encode(x)
+        shuffled = tokens[:, torch.randperm(tokens.shape[1])]
+        torch.testing.assert_close(model.decode(shuffled), recon, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_rejects_bad_tokens():
+    model = _model("gaussian").eval()
+    with pytest.raises(ValueError, match=r"tokens must be \[B, N, 3\]"):
+        model.decode(torch.zeros(2, 16, dtype=torch.long))
+    bad = torch.zeros(1, 16, 3, dtype=torch.long)
+    bad[0, 0, 2] = 10_000
+    with pytest.raises(ValueError, match="code tokens must lie in"):
+        model.decode(bad)
+
+
+def test_registry_settings():
+    cifar, imagenet = registry_config("gaussian-cifar"), registry_config("gaussian-imagenet")
+    assert (cifar.gaussian.num_gaussians, cifar.gaussian.splat_size) == (64, 16)
+    assert (imagenet.gaussian.num_gaussians, imagenet.quantizer.codebook_size,
+            imagenet.quantizer.dim, imagenet.gaussian.splat_size) == (256, 1024, 8, 32)
+    assert registry_config("vq-imagenet").grid == 16
+    gd, vd = build_tokenizer(registry_config("gaussian-debug")), build_tokenizer(
+        registry_config("vq-debug"))
+    assert gd.num_tokens == vd.num_tokens == 16  # the baseline matches the token count
+    with pytest.raises(ValueError, match="unknown tokenizer size"):
+        registry_config("huge")

@@ -1,0 +1,113 @@
+"""Tokenizer training: the loss falls, resume is exact, bad losses are skipped, clear errors."""
+
+import pytest
+import torch
+
+from data import builtin
+from data.build_shards import BuildSettings, build_shards
+from launch import config as configlib
+from tokenizer.train import NonFiniteLoss, Trainer, main, resolve_config
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    out = tmp_path_factory.mktemp("digits")
+    build_shards(out, BuildSettings("builtin:digits/heldout", 32, "center", "png", 128),
+                 builtin_name="digits", split="heldout", progress=False)
+    assert builtin.SIZES["digits"]["heldout"] == 364
+    return out
+
+
+def _cfg(tmp_path, digits, name="run", size="gaussian-debug", **sets):
+    overrides = [f"data.shards={digits}", "data.batch_size=8", "loss.lpips=0",
+                 "log_every=1000", "image_every=1000", f"out={tmp_path / name}"]
+    overrides += [f"{k.replace('__', '.')}={v}" for k, v in sets.items()]
+    return resolve_config(None, overrides, size)
+
+
+def test_a_few_cpu_steps_lower_the_loss(tmp_path, digits):
+    trainer = Trainer(_cfg(tmp_path, digits, steps=40, optim__warmup_steps=5, optim__lr=1e-3),
+                      progress=False)
+    batches = trainer.batches()
+    l1 = [trainer.step(next(batches)[0])["loss/l1"] for _ in range(40)]
+    assert sum(l1[-5:]) / 5 < 0.7 * sum(l1[:5]) / 5
+
+
+@pytest.mark.parametrize("size", ["gaussian-debug", "vq-debug"])
+def test_killed_and_resumed_equals_uninterrupted(tmp_path, digits, size):
+    sets = dict(steps=6, ckpt_every=2, loss__gan_start=2, size=size)
+    straight = Trainer(_cfg(tmp_path, digits, "a", **sets), progress=False)
+    assert straight.cfg.tokenizer.kind == size.split("-")[0]
+    straight.run()
+    first = Trainer(_cfg(tmp_path, digits, "b", **sets), progress=False)
+    first.run(stop_after=3)  # "killed" after step 3 (its checkpoint is the last thing kept)
+    assert first.step_num == 3
+    del first
+    resumed = Trainer(_cfg(tmp_path, digits, "b", **sets), progress=False)
+    resumed.run()
+    for name in ("model", "ema", "disc", "lecam"):
+        a, b = getattr(straight, name).state_dict(), getattr(resumed, name).state_dict()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}.{key} differs after resume"
+    assert straight.opt_g.state_dict()["state"].keys() == resumed.opt_g.state_dict()["state"].keys()
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, digits):
+    trainer = Trainer(_cfg(tmp_path, digits, max_bad_steps=3), progress=False)
+    images = next(trainer.batches())[0]
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    bad = images.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    assert trainer.step(bad) == {"skipped": 1.0}
+    assert trainer.skipped_steps == 1
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items()
+               if "quantizer" not in k)
+    trainer.step(images)  # a good step resets the consecutive count
+    trainer.step(bad)
+    trainer.step(bad)
+    with pytest.raises(NonFiniteLoss, match="3 consecutive non-finite losses"):
+        trainer.step(bad)
+
+
+def test_config_errors_and_resolved_config(tmp_path, digits, capsys):
+    with pytest.raises(configlib.ConfigError, match=r"unknown keys \['learning_rate'\]"):
+        resolve_config(None, ["optim.learning_rate=1"], "gaussian-debug")
+    cfg = _cfg(tmp_path, digits, tokenizer__gaussian__num_gaussians=8)
+    assert cfg.tokenizer.gaussian.num_gaussians == 8 and cfg.tokenizer.image_size == 32
+    text = configlib.dumps(cfg)
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    assert resolve_config(path) == cfg  # the resolved config round-trips
+    assert main(["--size", "gaussian-debug", "--set", "data.shards=", "--out",
+                 str(tmp_path / "x"), "--quiet"]) == 2
+    assert "data.shards is not set" in capsys.readouterr().err
+
+
+def test_export_load_and_evaluate(tmp_path, digits):
+    from eval.recon import psnr, to_unit
+    from tokenizer.evaluate import evaluate
+    from tokenizer.registry import load_tokenizer
+    from tokenizer.train import export_weights
+
+    trainer = Trainer(_cfg(tmp_path, digits, steps=3), progress=False)
+    trainer.run()
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    export_weights(ckpt, tmp_path / "tok.safetensors")
+    from_ckpt, info_a = load_tokenizer(ckpt)
+    from_st, info_b = load_tokenizer(tmp_path / "tok.safetensors")
+    assert info_a["sha1"] == info_b["sha1"]
+    x = next(trainer.batches())[0]
+    with torch.no_grad():
+        assert torch.equal(from_ckpt(x)[0], from_st(x)[0])
+    report = evaluate(from_st, digits, batch_size=64, limit=64, progress=False)
+    assert report["num_images"] == 64
+    assert set(report["results"]) == {"quantised geometry", "continuous geometry"}
+    images = next(iter(__import__("data.loader", fromlist=["x"]).make_image_loader(
+        digits, batch_size=64, image_size=32, train=False)))[0]
+    with torch.no_grad():
+        expected = psnr(to_unit(images), to_unit(from_st(images)[0].clamp(-1, 1))).mean()
+    got = report["results"]["quantised geometry"]["metrics"]["psnr"]
+    assert got == pytest.approx(expected.item(), rel=1e-9)
+    assert 0 < report["results"]["quantised geometry"]["metrics"]["codebook_usage"] <= 1
+    with pytest.raises(FileNotFoundError, match="do not exist"):
+        load_tokenizer(tmp_path / "missing.pt")

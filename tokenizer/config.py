@@ -1,0 +1,147 @@
+"""Tokenizer configs and the one registry of sizes used by train, evaluate and sample.
+
+GaussianToken's token tuple per Gaussian is (position, shape, code):
+  position = y_bin * position_bins + x_bin, x and y uniform over [-1, 1] with
+             ``position_bins`` bins each; with position_bins = splat width the bin
+             centres are exactly the splat map's pixel centres;
+  shape    = (sx_bin * scale_bins + sy_bin) * rotation_bins + r_bin, scales uniform in
+             log space over [scale_min, scale_max] pixels, rotation uniform over [0, pi)
+             (a Gaussian rotated by pi is the same Gaussian);
+  code     = index into the feature codebook.
+Vocabularies: position_bins^2, scale_bins^2 * rotation_bins, codebook_size.
+The VQ baseline's tuple is (code,) per grid cell.
+"""
+
+from dataclasses import dataclass, field
+
+KINDS = ("gaussian", "vq")
+
+
+@dataclass
+class ConvConfig:
+    """Encoder/decoder family: conv ResNet, one level per entry of ch_mult."""
+
+    channels: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 2, 4)
+    res_blocks: int = 2
+    groups: int = 32
+
+    def __post_init__(self):
+        if self.channels % self.groups:
+            raise ValueError(f"channels ({self.channels}) must be divisible by groups "
+                             f"({self.groups})")
+        if not self.ch_mult:
+            raise ValueError("ch_mult must not be empty")
+
+    @property
+    def factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+@dataclass
+class QuantizerConfig:
+    codebook_size: int = 1024
+    dim: int = 8
+    commitment: float = 0.25
+    ema_decay: float = 0.8
+    kmeans_iters: int = 10
+    dead_fraction: float = 0.03  # restart codes used less than this x a uniform share
+    gradient: str = "rotation"  # "rotation" (rotation trick) or "ste" (straight-through)
+
+    def __post_init__(self):
+        if self.gradient not in ("rotation", "ste"):
+            raise ValueError(f"quantizer.gradient must be 'rotation' or 'ste', "
+                             f"got {self.gradient!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"quantizer.ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+@dataclass
+class GaussianConfig:
+    num_gaussians: int = 256
+    hidden: int = 256
+    heads: int = 4
+    rounds: int = 3
+    splat_size: int = 32  # the splat map is splat_size x splat_size x quantizer.dim
+    position_bins: int = 32
+    scale_bins: int = 8
+    rotation_bins: int = 8
+    scale_min: float = 0.3
+    scale_max: float = 4.0
+
+    def __post_init__(self):
+        if self.hidden % self.heads:
+            raise ValueError(f"gaussian.hidden ({self.hidden}) must be divisible by heads "
+                             f"({self.heads})")
+        if not 0 < self.scale_min < self.scale_max:
+            raise ValueError("gaussian.scale_min must be positive and below scale_max")
+        for name in ("num_gaussians", "position_bins", "scale_bins", "rotation_bins",
+                     "splat_size", "rounds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"gaussian.{name} must be positive")
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "gaussian"
+    image_size: int = 256
+    encoder: ConvConfig = field(default_factory=ConvConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    gaussian: GaussianConfig = field(default_factory=GaussianConfig)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.image_size % self.encoder.factor:
+            raise ValueError(f"image_size {self.image_size} is not divisible by the encoder's "
+                             f"downsampling factor {self.encoder.factor}")
+        if self.kind == "gaussian" and self.image_size % self.gaussian.splat_size:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of "
+                             f"gaussian.splat_size {self.gaussian.splat_size}")
+
+    @property
+    def grid(self) -> int:
+        """Side of the encoder's feature grid (the VQ baseline's token grid)."""
+        return self.image_size // self.encoder.factor
+
+
+def _debug(kind: str) -> TokenizerConfig:
+    return TokenizerConfig(
+        kind=kind, image_size=32,
+        encoder=ConvConfig(channels=32, ch_mult=(1, 2, 2) if kind == "gaussian" else (1, 2, 2, 2),
+                           res_blocks=1, groups=8),
+        quantizer=QuantizerConfig(codebook_size=128, dim=8, kmeans_iters=5),
+        gaussian=GaussianConfig(num_gaussians=16, hidden=64, heads=4, rounds=2, splat_size=8,
+                                position_bins=8, scale_bins=4, rotation_bins=4,
+                                scale_min=0.4, scale_max=3.0),
+    )
+
+
+REGISTRY = {
+    # runs on a laptop CPU in minutes: 32 px, 16 Gaussians / a 4x4 grid (16 tokens)
+    "gaussian-debug": lambda: _debug("gaussian"),
+    "vq-debug": lambda: _debug("vq"),
+    # the published CIFAR setting: 32 px, 64 Gaussians onto 16x16x3 (here x8 codes)
+    "gaussian-cifar": lambda: TokenizerConfig(
+        kind="gaussian", image_size=32,
+        encoder=ConvConfig(channels=128, ch_mult=(1, 2, 2), res_blocks=2),
+        quantizer=QuantizerConfig(codebook_size=1024, dim=8),
+        gaussian=GaussianConfig(num_gaussians=64, splat_size=16, position_bins=16)),
+    # the published ImageNet setting: 256 Gaussians, codebook 1024 x 8, 32x32x8 target
+    "gaussian-imagenet": lambda: TokenizerConfig(
+        kind="gaussian", image_size=256,
+        encoder=ConvConfig(channels=128, ch_mult=(1, 2, 2, 4), res_blocks=4),
+        quantizer=QuantizerConfig(codebook_size=1024, dim=8),
+        gaussian=GaussianConfig(num_gaussians=256, splat_size=32, position_bins=32)),
+    # LlamaGen-style baseline at the same token count: 16x16 grid at 256 px
+    "vq-imagenet": lambda: TokenizerConfig(
+        kind="vq", image_size=256,
+        encoder=ConvConfig(channels=128, ch_mult=(1, 1, 2, 2, 4), res_blocks=2),
+        quantizer=QuantizerConfig(codebook_size=16384, dim=8)),
+}
+
+
+def registry_config(name: str) -> TokenizerConfig:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown tokenizer size {name!r}; choose from {sorted(REGISTRY)}")
+    return REGISTRY[name]()
