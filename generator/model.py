@@ -1,0 +1,241 @@
+"""A LlamaGen-style GPT over token tuples, with a static KV cache for decoding.
+
+Blocks: pre-norm RMSNorm, SwiGLU FFN (hidden 2/3 * 4d rounded up to 256), no biases,
+rotary position embedding, optional qk-norm, scaled_dot_product_attention (xformers
+where it imports and runs on CUDA). Input position 0 is the class token, whose
+rotary rotation is the identity (cos 1, sin 0: LlamaGen zero-pads those rows, which
+zeroes the class token's q and k); input position i >= 1 holds tuple t_{i-1}.
+Initialisation N(0, 0.02); output heads start at zero.
+
+Tuple heads: with h the final hidden state at a step, component 0 is predicted from
+h; component k from h + sum_{j<k} E_kj(t_j) passed through one small residual SwiGLU,
+so p(t) = p(t^0 | h) p(t^1 | h, t^0) ... inside one step. With one component this is
+exactly LlamaGen's output layer.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from generator.config import GPTConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):  # computed in fp32
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) \
+            * self.weight
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.drop(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+def rope_angles(cfg: GPTConfig) -> torch.Tensor:
+    """Angles [N, head_dim / 2] for input positions 0..N-1 (position 0: the class token)."""
+    head_dim = cfg.dim // cfg.heads
+    positions = torch.arange(cfg.num_tokens, dtype=torch.float64)
+    if cfg.rope == "1d":
+        freqs = cfg.rope_base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+        angles = positions[:, None] * freqs[None]
+    else:  # half of each head rotates with the row, half with the column
+        side = round(cfg.num_tokens**0.5)
+        quarter = head_dim // 4
+        freqs = cfg.rope_base ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
+        token = (positions - 1).clamp_min(0)  # input i >= 1 holds tuple i - 1
+        row, col = torch.div(token, side, rounding_mode="floor"), token % side
+        angles = torch.cat([row[:, None] * freqs, col[:, None] * freqs], dim=1)
+    angles[0] = 0  # the class token: identity rotation
+    return angles.float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[..., 2i], x[..., 2i+1]); x [B, H, L, Dh], cos/sin [L, Dh/2]."""
+    x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+def _xformers_attention():
+    try:
+        import xformers.ops as xops
+    except Exception:  # any import failure means: not usable here
+        return None
+    return xops
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.heads, self.head_dim = cfg.heads, cfg.dim // cfg.heads
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.drop = nn.Dropout(cfg.dropout)
+        self.cache_k = self.cache_v = None
+        self.use_xformers = False
+
+    def forward(self, x, cos, sin, start: int):
+        B, L, D = x.shape  # [B, L, D]
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
+        if self.cache_k is not None:  # static cache [B, H, max_len, Dh]
+            self.cache_k[:, :, start:start + L] = k
+            self.cache_v[:, :, start:start + L] = v
+            k, v = self.cache_k[:, :, :start + L], self.cache_v[:, :, :start + L]
+        causal = L > 1
+        if causal and start != 0:
+            raise ValueError("several new positions at once are only supported from position 0")
+        p = self.drop.p if self.training else 0.0
+        xops = _xformers_attention() if self.use_xformers and x.is_cuda else None
+        if xops is not None:
+            bias = xops.LowerTriangularMask() if causal else None
+            y = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                                v.transpose(1, 2), attn_bias=bias, p=p)
+            y = y.reshape(B, L, D)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal)
+            y = y.transpose(1, 2).reshape(B, L, D)  # [B, L, D]
+        return self.drop(self.out(y))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.attn_norm, self.attn = RMSNorm(cfg.dim, cfg.norm_eps), Attention(cfg)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn = SwiGLU(cfg.dim, cfg.ffn_hidden, cfg.dropout)
+
+    def forward(self, x, cos, sin, start):
+        x = x + self.attn(self.attn_norm(x), cos, sin, start)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class TupleHeads(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        vocab, dim = cfg.vocab_sizes, cfg.dim
+        self.outs = nn.ModuleList(nn.Linear(dim, v, bias=False) for v in vocab)
+        self.cond = nn.ModuleList(  # cond[k-1][j]: embedding of component j for head k
+            nn.ModuleList(nn.Embedding(vocab[j], dim) for j in range(k))
+            for k in range(1, len(vocab)))
+        self.norms = nn.ModuleList(RMSNorm(dim, cfg.norm_eps) for _ in vocab[1:])
+        self.mlps = nn.ModuleList(SwiGLU(dim, dim) for _ in vocab[1:])
+        self.out_norms = nn.ModuleList(RMSNorm(dim, cfg.norm_eps) for _ in vocab[1:])
+
+    def logits(self, h: torch.Tensor, k: int, previous: list[torch.Tensor]) -> torch.Tensor:
+        """Logits of component k from hidden h [..., D] and components 0..k-1 ([...] each)."""
+        if k == 0:
+            return self.outs[0](h).float()
+        hk = h + sum(emb(t) for emb, t in zip(self.cond[k - 1], previous[:k], strict=True))
+        hk = hk + self.mlps[k - 1](self.norms[k - 1](hk))
+        return self.outs[k](self.out_norms[k - 1](hk)).float()
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_embed = nn.ModuleList(nn.Embedding(v, cfg.dim) for v in cfg.vocab_sizes)
+        self.cls_embed = nn.Embedding(cfg.num_classes + 1, cfg.dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.heads = TupleHeads(cfg)
+        angles = rope_angles(cfg)
+        self.register_buffer("rope_cos", torch.cos(angles), persistent=False)
+        self.register_buffer("rope_sin", torch.sin(angles), persistent=False)
+        self.apply(self._init)
+        for out in self.heads.outs:
+            nn.init.zeros_(out.weight)
+
+    @staticmethod
+    def _init(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+
+    @property
+    def null_class(self) -> int:
+        return self.cfg.num_classes
+
+    def _check(self, labels, tokens):
+        K = len(self.cfg.vocab_sizes)
+        if tokens.dim() != 3 or tokens.shape[-1] != K or tokens.shape[1] > self.cfg.num_tokens:
+            raise ValueError(f"tokens must be [B, <= {self.cfg.num_tokens}, {K}], got "
+                             f"{list(tokens.shape)}")
+        if labels.shape != tokens.shape[:1]:
+            raise ValueError(f"labels must be [B={tokens.shape[0]}], got {list(labels.shape)}")
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[B, L, K] -> [B, L, D]: the sum of one embedding per component."""
+        return sum(emb(tokens[..., k]) for k, emb in enumerate(self.tok_embed))
+
+    def hidden(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        L = x.shape[1]
+        cos, sin = self.rope_cos[start:start + L], self.rope_sin[start:start + L]
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, cos, sin, start)
+        return self.norm(x)
+
+    def forward(self, labels: torch.Tensor, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Teacher-forced logits: labels [B], tokens [B, N, K] -> K tensors [B, N, V_k]."""
+        self._check(labels, tokens)
+        x = torch.cat([self.cls_embed(labels)[:, None], self.embed_tokens(tokens[:, :-1])], 1)
+        h = self.hidden(x)  # [B, N, D]; h[:, i] predicts tokens[:, i]
+        components = [tokens[..., k] for k in range(tokens.shape[-1])]
+        return [self.heads.logits(h, k, components) for k in range(len(components))]
+
+    def loss(self, labels: torch.Tensor, tokens: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean cross-entropy summed over components; labels dropped to the null class
+        with probability class_dropout while training (classifier-free guidance)."""
+        if self.training and self.cfg.class_dropout > 0:
+            drop = torch.rand(labels.shape, generator=generator, device="cpu") \
+                < self.cfg.class_dropout
+            labels = torch.where(drop.to(labels.device), self.null_class, labels)
+        logits = self.forward(labels, tokens)
+        return sum(F.cross_entropy(lg.flatten(0, 1), tokens[..., k].flatten())
+                   for k, lg in enumerate(logits))
+
+    # ---- decoding with the static KV cache -------------------------------------------
+    def setup_cache(self, batch: int, dtype=None, device=None) -> None:
+        p = next(self.parameters())
+        shape = (batch, self.cfg.heads, self.cfg.num_tokens, self.cfg.dim // self.cfg.heads)
+        for block in self.blocks:
+            block.attn.cache_k = torch.zeros(shape, dtype=dtype or p.dtype,
+                                             device=device or p.device)
+            block.attn.cache_v = torch.zeros_like(block.attn.cache_k)
+
+    def clear_cache(self) -> None:
+        for block in self.blocks:
+            block.attn.cache_k = block.attn.cache_v = None
+
+    def step(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Hidden states [B, L, D] of new inputs x [B, L, D] at positions start.. (cached)."""
+        return self.hidden(x, start)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_token(cfg: GPTConfig) -> float:
+    """Training FLOPs per token: 6 x parameters in matmuls + attention (12 L d N)."""
+    per_layer = 4 * cfg.dim * cfg.dim + 3 * cfg.dim * cfg.ffn_hidden
+    dense = cfg.layers * per_layer + cfg.dim * sum(cfg.vocab_sizes)
+    return 6 * dense + 12 * cfg.layers * cfg.dim * cfg.num_tokens
+
