@@ -53,4 +53,10 @@ def make_image_loader(folder, *, batch_size: int, image_size: int, train: bool =
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                       drop_last=train if drop_last is None else drop_last,
                       persistent_workers=False, multiprocessing_context="fork"
-                      if num_workers else None)
+                      if num_workers else None, generator=own_generator(seed))
+
+
+def own_generator(seed: int) -> torch.Generator:
+    """The DataLoader's own RNG: without one, starting an iterator draws from the global
+    torch RNG, which would shift dropout masks after an exact resume."""
+    return torch.Generator().manual_seed(seed)

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from data.build_shards import FORMAT_TAG as IMAGE_FORMAT
 from data.images import center_crop_array, decode_image
+from data.loader import own_generator
 from data.stream import ShardSetError, ShardStream, read_manifest
 from data.tario import atomic_write_json, iter_tar_samples, write_tar_atomic
 
@@ -189,4 +190,5 @@ def make_token_loader(folder, *, batch_size: int, train: bool = True, mode: str 
                           world_size=world_size, seed=seed,
                           shuffle_buffer_size=shuffle_buffer_size)
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                      drop_last=train, multiprocessing_context="fork" if num_workers else None)
+                      drop_last=train, multiprocessing_context="fork" if num_workers else None,
+                      generator=own_generator(seed))

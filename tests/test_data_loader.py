@@ -133,3 +133,12 @@ def test_missing_or_foreign_shard_set_is_a_clear_error(tmp_path):
     (tmp_path / "manifest.json").write_text('{"format": "gtgen-tokens-v1", "shards": []}')
     with pytest.raises(ShardSetError, match="expected 'gtgen-images-v1'"):
         make_image_loader(tmp_path, batch_size=1, image_size=8)
+
+
+def test_iterating_a_loader_leaves_the_global_rng_alone(tmp_path):
+    """Exact resume relies on it: the loader is started again after the RNG is restored."""
+    folder = make_index_shards(tmp_path, 8, shard_size=4)
+    loader = make_image_loader(folder, batch_size=4, image_size=8, train=True)
+    before = torch.get_rng_state()
+    list(loader)
+    assert torch.equal(torch.get_rng_state(), before)

@@ -1,0 +1,339 @@
+"""Train the class-conditional GPT on token shards with DeepSpeed.
+
+    python -m generator.train --config launch/configs/gpt-digits.toml        # 1 CPU process
+    deepspeed --num_gpus 8 -m generator.train --config launch/configs/gpt-b-imagenet.toml
+    deepspeed --hostfile hosts -m generator.train --config ...                # several nodes
+
+The GPT's vocabularies, tuple length and class count come from the token shards'
+manifest, and the tokenizer that made them is recorded in every checkpoint and
+export. Re-running the same command resumes exactly from the last checkpoint
+(DeepSpeed's model/optimizer/schedule state plus our own file with the data
+position, EMA weights and every RNG). DeepSpeed reads its own files with pickle:
+resume only from runs you made; share the exported ``gpt.safetensors`` +
+``gpt.json``, which load without executing anything.
+"""
+
+import argparse
+import json
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from generator.config import SIZES, GPTConfig, gpt_config
+from generator.model import GPT
+from launch import config as configlib
+from launch.runtime import load_checkpoint, rng_state, save_checkpoint, set_rng_state, warmup_cosine
+
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass
+class DataConfig:
+    tokens: str = ""  # token shard folder (data.tokens)
+    batch_size: int = 32  # micro-batch per rank
+    num_workers: int = 0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.05
+    warmup_steps: int = 0
+    schedule: str = "constant"  # LlamaGen trains at a constant LR
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 0
+    bf16: bool = True  # on CUDA; CPU runs in fp32
+    grad_accum: int = 1
+
+    def __post_init__(self):
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"deepspeed.zero_stage must be 0-3, got {self.zero_stage}")
+
+
+@dataclass
+class ModelOptions:
+    dropout: float = 0.1
+    class_dropout: float = 0.1
+    qk_norm: bool = False
+    rope: str = ""  # "" = automatic (2d for square single-code grids, else 1d)
+
+
+@dataclass
+class RunConfig:
+    size: str = "debug"
+    model: ModelOptions = field(default_factory=ModelOptions)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    out: str = "runs/gpt"
+    steps: int = 1000  # optimizer steps
+    log_every: int = 10
+    ckpt_every: int = 500
+    ema_decay: float = 0.9999  # 0 disables the EMA copy
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.size not in SIZES:
+            raise ValueError(f"size must be one of {list(SIZES)}, got {self.size!r}")
+
+
+class LossModule(torch.nn.Module):
+    """What DeepSpeed wraps: (labels, tokens) -> loss. Keeps the GPT itself pure."""
+
+    def __init__(self, gpt: GPT):
+        super().__init__()
+        self.gpt = gpt
+
+    def forward(self, labels, tokens):
+        return self.gpt.loss(labels, tokens)
+
+
+def _ensure_single_process_env() -> None:
+    """deepspeed.initialize in a plain process needs the launcher's variables."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+
+
+def build_gpt_config(cfg: RunConfig, manifest: dict) -> GPTConfig:
+    m = cfg.model
+    return gpt_config(cfg.size, vocab_sizes=manifest["vocab_sizes"],
+                      num_tokens=manifest["num_tokens"], num_classes=manifest["num_classes"],
+                      rope=m.rope or None, dropout=m.dropout, class_dropout=m.class_dropout,
+                      qk_norm=m.qk_norm)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, progress: bool = True):
+        from data.stream import read_manifest
+        from data.tokens import FORMAT_TAG
+
+        if not cfg.data.tokens:
+            raise configlib.ConfigError("data.tokens is not set (a token shard folder)")
+        self.cfg, self.out = cfg, Path(cfg.out)
+        self.manifest = read_manifest(cfg.data.tokens, FORMAT_TAG)
+        self.gpt_cfg = build_gpt_config(cfg, self.manifest)
+        _ensure_single_process_env()
+        import deepspeed
+
+        cuda = torch.cuda.is_available()
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+        self.rank, self.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.manual_seed(cfg.seed)
+        self.gpt = GPT(self.gpt_cfg)
+        o, d = cfg.optim, cfg.deepspeed
+        decay = [p for n, p in self.gpt.named_parameters() if p.dim() >= 2]
+        no_decay = [p for n, p in self.gpt.named_parameters() if p.dim() < 2]
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}],
+                                      lr=o.lr, betas=o.betas)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda)
+        ds_config = {
+            "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+            "gradient_accumulation_steps": d.grad_accum,
+            "gradient_clipping": o.grad_clip,
+            "zero_optimization": {"stage": d.zero_stage},
+            "bf16": {"enabled": bool(d.bf16 and cuda)},
+            "steps_per_print": 10**12,
+            "wall_clock_breakdown": False,
+        }
+        self.engine, _, _, self.schedule = deepspeed.initialize(
+            model=LossModule(self.gpt), optimizer=optimizer, lr_scheduler=schedule,
+            config=ds_config)
+        self.device = self.engine.device
+        self.ema = None
+        if cfg.ema_decay > 0:
+            if d.zero_stage == 3:
+                raise configlib.ConfigError("EMA weights need zero_stage <= 2 (stage 3 "
+                                            "partitions parameters); set ema_decay = 0")
+            self.ema = {n: p.detach().float().clone() for n, p in self.gpt.named_parameters()}
+        self.epoch, self.batch_in_epoch = 0, 0
+        self.progress = progress and self.rank == 0
+
+    def _lr_lambda(self, step: int) -> float:
+        o = self.cfg.optim
+        if o.schedule == "constant":
+            return min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
+        return warmup_cosine(step, max(o.warmup_steps, 1), self.cfg.steps, o.min_lr_ratio)
+
+    @property
+    def step_num(self) -> int:
+        return self.engine.global_steps
+
+    # ---- data ---------------------------------------------------------------------------
+    def batches(self):
+        from data.tokens import make_token_loader
+
+        loader = make_token_loader(self.cfg.data.tokens, batch_size=self.cfg.data.batch_size,
+                                   train=True, num_workers=self.cfg.data.num_workers,
+                                   rank=self.rank, world_size=self.world, seed=self.cfg.seed)
+        while True:
+            loader.dataset.set_epoch(self.epoch)
+            for index, (tokens, labels) in enumerate(loader):
+                if index < self.batch_in_epoch:
+                    continue
+                self.batch_in_epoch = index + 1
+                yield labels.to(self.device), tokens.to(self.device)
+            if self.batch_in_epoch == 0:
+                raise configlib.ConfigError(f"{self.cfg.data.tokens} gives no full batch of "
+                                            f"{self.cfg.data.batch_size} per rank")
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    # ---- checkpoints ----------------------------------------------------------------
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    def _state_file(self, tag: str) -> Path:
+        return self.ckpt_dir / tag / f"trainer_state_rank{self.rank}.pt"
+
+    def save(self) -> None:
+        tag = f"step-{self.step_num:08d}"
+        self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, save_latest=False)
+        save_checkpoint(self._state_file(tag), {
+            "config": configlib.to_dict(self.cfg), "gpt": configlib.to_dict(self.gpt_cfg),
+            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "rng": rng_state(),
+            "ema": self.ema})
+        if self.world > 1:
+            torch.distributed.barrier()
+        if self.rank == 0:  # the pointer moves only once every rank has written
+            pointer = self.ckpt_dir / "last.json"
+            tmp = pointer.with_name("last.json.tmp")
+            tmp.write_text(json.dumps({"tag": tag, "step": self.step_num}))
+            os.replace(tmp, pointer)
+            for old in self.ckpt_dir.glob("step-*"):
+                if old.name != tag and old.is_dir():
+                    import shutil
+                    shutil.rmtree(old, ignore_errors=True)
+
+    def resume(self) -> bool:
+        pointer = self.ckpt_dir / "last.json"
+        if not pointer.exists():
+            return False
+        tag = json.loads(pointer.read_text())["tag"]
+        state = load_checkpoint(self._state_file(tag))
+        if state["gpt"] != configlib.to_dict(self.gpt_cfg):
+            raise configlib.ConfigError(f"{self.ckpt_dir} holds a run with another GPT config "
+                                        "(size or token shards differ); use a new --out")
+        self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
+        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+        self.ema = state["ema"]
+        set_rng_state(state["rng"])
+        return True
+
+    def export(self) -> Path:
+        """EMA (or raw) weights as safetensors + config JSON beside them, for sampling."""
+        from safetensors.torch import save_file
+
+        weights = self.ema if self.ema is not None else {
+            n: p.detach().float() for n, p in self.gpt.named_parameters()}
+        path = self.out / "gpt.safetensors"
+        save_file({k: v.contiguous().cpu() for k, v in weights.items()}, str(path))
+        meta = {"gpt": configlib.to_dict(self.gpt_cfg),
+                "tokenizer": self.manifest.get("tokenizer", {}),
+                "tokens": str(Path(self.cfg.data.tokens).resolve()),
+                "image_dir": self.manifest.get("image_dir"), "weights": "ema" if self.ema else
+                "raw", "steps": self.step_num}
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+        return path
+
+    # ---- the loop -------------------------------------------------------------------
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        for n, p in self.gpt.named_parameters():
+            self.ema[n].lerp_(p.detach().float(), 1 - self.cfg.ema_decay)
+
+    def run(self, stop_after: int | None = None) -> dict:
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.toml").write_text(configlib.dumps(self.cfg))
+        resumed = self.resume()
+        end = self.cfg.steps if stop_after is None else min(self.cfg.steps, stop_after)
+        bar = tqdm(total=self.cfg.steps, initial=self.step_num, desc="gpt", unit="step",
+                   disable=not self.progress)
+        if resumed and self.progress:
+            bar.write(f"resumed at step {self.step_num}")
+        writer = None
+        if self.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(self.out / "tensorboard"))
+        batches, losses = self.batches(), []
+        self.engine.train()
+        while self.step_num < end:
+            before = self.step_num
+            labels, tokens = next(batches)
+            loss = self.engine(labels, tokens)
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(float(loss.detach()))
+            if self.step_num == before:
+                continue  # accumulating: not an optimizer step yet
+            self._update_ema()
+            bar.update(1)
+            if self.step_num % self.cfg.log_every == 0 or self.step_num == end:
+                mean = sum(losses) / len(losses)
+                bar.set_postfix(loss=f"{mean:.4f}")
+                if writer is not None:
+                    writer.add_scalar("loss/train", mean, self.step_num)
+                    writer.add_scalar("lr", self.schedule.get_last_lr()[0], self.step_num)
+                losses = []
+            if self.step_num % self.cfg.ckpt_every == 0 or self.step_num == end:
+                self.save()
+        bar.close()
+        if writer is not None:
+            writer.close()
+        return {"step": self.step_num}
+
+
+def resolve_config(path=None, overrides=None) -> RunConfig:
+    return configlib.load(RunConfig, path, overrides)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m generator.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, help="TOML run config (see launch/configs/)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set optim.lr=2e-4 (repeatable)")
+    parser.add_argument("--out", help="output folder (overrides the config's 'out')")
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    overrides = args.set + ([f"out={args.out}"] if args.out else [])
+    try:
+        trainer = Trainer(resolve_config(args.config, overrides), progress=not args.quiet)
+        trainer.run()
+        if trainer.rank == 0:
+            path = trainer.export()
+            print(f"done: {trainer.step_num} steps; sampling weights in {path}")
+    except (configlib.ConfigError, ValueError) as err:
+        print(f"generator.train: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
