@@ -1,0 +1,175 @@
+"""Class-conditional samples as a labelled PNG grid.
+
+    python -m generator.sample --ckpt runs/gpt/gpt.safetensors --classes 207,360 \\
+        --per-class 8 --cfg 2.0 --seed 0 --out grid.png
+    python -m generator.sample --ckpt runs/gpt-digits/gpt.safetensors --classes 3,seven ...
+
+Loads the exported GPT (``gpt.safetensors`` + ``gpt.json``) and the tokenizer recorded
+in it (or --tokenizer), refusing a tokenizer whose fingerprint differs from the one
+the GPT was trained on. Classes are ids or names from the training data's
+classes.json. Sampling is batched, KV-cached, guided with the null class and
+deterministic for a seed.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from generator.config import GPTConfig
+from generator.model import GPT
+from generator.sampling import SCHEDULES, generate
+from launch import config as configlib
+
+
+class SampleError(ValueError):
+    """A bad sampling request (class, guidance, filter) or mismatched weights."""
+
+
+def load_gpt(path, device="cpu") -> tuple[GPT, dict]:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if not path.exists() or not meta_path.exists():
+        raise SampleError(f"need {path} and {meta_path} (python -m generator.train exports both)")
+    meta = json.loads(meta_path.read_text())
+    model = GPT(configlib.from_dict(GPTConfig, meta["gpt"]))
+    model.load_state_dict(load_file(str(path)), strict=True)
+    return model.to(device).eval(), meta
+
+
+def load_matching_tokenizer(meta: dict, override=None, device="cpu"):
+    from tokenizer.registry import load_tokenizer
+
+    recorded = meta.get("tokenizer", {})
+    path = override or recorded.get("path")
+    if not path:
+        raise SampleError("the GPT records no tokenizer; pass --tokenizer")
+    tokenizer, info = load_tokenizer(path, device)
+    if recorded.get("sha1") and info["sha1"] != recorded["sha1"]:
+        raise SampleError(f"tokenizer {path} (sha1 {info['sha1'][:12]}) is not the one the GPT "
+                          f"was trained on (sha1 {recorded['sha1'][:12]})")
+    if tokenizer.vocab_sizes != meta["gpt"]["vocab_sizes"]:
+        raise SampleError(f"tokenizer vocabularies {tokenizer.vocab_sizes} differ from the "
+                          f"GPT's {meta['gpt']['vocab_sizes']}")
+    return tokenizer
+
+
+def class_names(meta: dict) -> list[str] | None:
+    image_dir = meta.get("image_dir")
+    if image_dir and (Path(image_dir) / "classes.json").exists():
+        return json.loads((Path(image_dir) / "classes.json").read_text())["names"]
+    return None
+
+
+def parse_classes(text: str, num_classes: int, names: list[str] | None) -> list[int]:
+    ids = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        if item.lstrip("-").isdigit():
+            cid = int(item)
+        elif names and item in names:
+            cid = names.index(item)
+        else:
+            known = f"; known names: {', '.join(names[:20])}..." if names else \
+                " (no class names are known for this model)"
+            raise SampleError(f"unknown class {item!r}{known}")
+        if not 0 <= cid < num_classes:
+            raise SampleError(f"class id {cid} is outside [0, {num_classes})")
+        ids.append(cid)
+    if not ids:
+        raise SampleError("no classes given")
+    return ids
+
+
+def check_sampling_args(cfg_scale: float, top_k: int, top_p: float, temperature: float,
+                        vocab_sizes: list[int]) -> None:
+    if cfg_scale < 0:
+        raise SampleError(f"--cfg must be >= 0, got {cfg_scale}")
+    if top_k < 0 or top_k > max(vocab_sizes):
+        raise SampleError(f"--top-k must be in [0, {max(vocab_sizes)}] (0 = off), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise SampleError(f"--top-p must be in (0, 1], got {top_p}")
+    if temperature < 0:
+        raise SampleError(f"--temperature must be >= 0, got {temperature}")
+
+
+@torch.no_grad()
+def sample_images(model, tokenizer, labels: torch.Tensor, *, batch_size=64, seed=0,
+                  **kwargs) -> torch.Tensor:
+    """uint8 images [B, S, S, 3] for labels [B]; batch b uses seed (seed, b)."""
+    from tokenizer.visualize import to_uint8
+
+    out = []
+    for b, start in enumerate(range(0, len(labels), batch_size)):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
+        tokens = generate(model, labels[start:start + batch_size], generator=gen, **kwargs)
+        out.append(torch.from_numpy(to_uint8(tokenizer.decode(tokens))))
+    return torch.cat(out)
+
+
+def labelled_grid(images: torch.Tensor, labels: list[int], per_row: int,
+                  names: list[str] | None, zoom: int = 1) -> Image.Image:
+    size = images.shape[1] * zoom
+    rows = (len(images) + per_row - 1) // per_row
+    label_w = 90
+    canvas = Image.new("RGB", (label_w + per_row * (size + 2), rows * (size + 2)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, img in enumerate(images.numpy()):
+        r, c = divmod(i, per_row)
+        tile = Image.fromarray(img).resize((size, size), Image.NEAREST)
+        canvas.paste(tile, (label_w + c * (size + 2), r * (size + 2)))
+        if c == 0:
+            name = names[labels[i]] if names else str(labels[i])
+            draw.text((4, r * (size + 2) + size // 2 - 6), f"{labels[i]}: {name}"[:14],
+                      fill="black")
+    return canvas
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m generator.sample", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="exported gpt.safetensors (gpt.json beside)")
+    parser.add_argument("--tokenizer", help="tokenizer weights (default: the one recorded)")
+    parser.add_argument("--classes", required=True, help="comma-separated class ids or names")
+    parser.add_argument("--per-class", type=int, default=8, help="samples per class (a row each)")
+    parser.add_argument("--cfg", type=float, default=2.0, help="guidance scale (1 = none)")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
+                        help="guidance schedule: constant, or linear from 1 to --cfg")
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely (0 = all)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (1 = all)")
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same samples")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--zoom", type=int, default=1, help="enlarge tiles in the grid")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG to write")
+    args = parser.parse_args(argv)
+    try:
+        if args.per_class < 1:
+            raise SampleError(f"--per-class must be positive, got {args.per_class}")
+        model, meta = load_gpt(args.ckpt, args.device)
+        names = class_names(meta)
+        classes = parse_classes(args.classes, model.cfg.num_classes, names)
+        check_sampling_args(args.cfg, args.top_k, args.top_p, args.temperature,
+                            model.cfg.vocab_sizes)
+        tokenizer = load_matching_tokenizer(meta, args.tokenizer, args.device)
+        labels = torch.tensor([c for c in classes for _ in range(args.per_class)],
+                              device=args.device)
+        images = sample_images(model, tokenizer, labels, batch_size=args.batch_size,
+                               seed=args.seed, cfg_scale=args.cfg, schedule=args.schedule,
+                               temperature=args.temperature, top_k=args.top_k,
+                               top_p=args.top_p)
+    except (SampleError, FileNotFoundError) as err:
+        print(f"generator.sample: {err}", file=sys.stderr)
+        return 2
+    labelled_grid(images, labels.tolist(), args.per_class, names, args.zoom).save(args.out)
+    print(f"wrote {len(images)} samples of classes {classes} to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
