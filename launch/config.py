@@ -90,8 +90,8 @@ def load(cls, path: Path | str | None = None, overrides: list[str] | None = None
     return from_dict(cls, apply_overrides(data, overrides or []))
 
 
-def dumps(config) -> str:
-    """TOML text of a resolved config (tables for nested dataclasses)."""
+def dumps_table(table: dict) -> str:
+    """TOML text of a nested dict (sub-dicts become tables; None values are left out)."""
     def emit(d: dict, prefix: str) -> list[str]:
         lines = [f"{k} = {json.dumps(v)}" for k, v in d.items()
                  if v is not None and not isinstance(v, dict)]  # None: the default
@@ -99,4 +99,9 @@ def dumps(config) -> str:
             if isinstance(v, dict):
                 lines += ["", f"[{prefix}{k}]", *emit(v, f"{prefix}{k}.")]
         return lines
-    return "\n".join(emit(to_dict(config), "")).lstrip() + "\n"
+    return "\n".join(emit(table, "")).lstrip() + "\n"
+
+
+def dumps(config) -> str:
+    """TOML text of a resolved config."""
+    return dumps_table(to_dict(config))

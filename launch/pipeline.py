@@ -1,0 +1,354 @@
+"""The staged pipeline: data -> tokenizer -> codes -> gpt -> sample -> eval.
+
+    python -m launch.pipeline --config launch/configs/demo.toml              # every stage
+    python -m launch.pipeline --config launch/configs/demo.toml --stages gpt,sample
+    deepspeed --num_gpus 8 -m launch.pipeline --config C --stages gpt        # one stage, 8 GPUs
+    torchrun --nproc_per_node 8 -m launch.pipeline --config C --stages tokenizer
+
+Every stage reads the previous stage's folder under ``out`` and writes its own:
+  data/train, data/heldout   image shards (data.build_shards)
+  tokenizer/                 tokenizer run; tokenizer.safetensors + .json (tokenizer.train)
+  codes/                     token shards of data/train (data.tokens), tokenizer recorded
+  gpt/                       DeepSpeed run; gpt.safetensors + gpt.json (generator.train)
+  sample/                    grid.png and samples.npz (generator.sample[_fid])
+  eval/                      result.json, leaderboard.md (eval.fid, eval.leaderboard)
+Each writes ``stage.json`` (its resolved config and its inputs' fingerprints) when it
+finishes; a finished stage with the same config is skipped, one with another config
+or made from other inputs is refused with a message. Inside a stage every tool
+resumes by itself, so re-running the command after an interruption continues.
+"""
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from launch import config as configlib
+
+STAGES = ("data", "tokenizer", "codes", "gpt", "sample", "eval")
+
+
+@dataclass
+class DataStage:
+    builtin: str = ""  # "digits" or "photos" (train and heldout splits), or use src
+    src: str = ""  # ImageFolder training images
+    val_src: str = ""  # ImageFolder held-out images (e.g. ImageNet val)
+    size: int = 32
+    crop: str = "center"
+    format: str = ""  # "" = png for builtins, jpg for folders
+    shard_size: int = 1000
+    workers: int = 2
+
+    def __post_init__(self):
+        if bool(self.builtin) == bool(self.src):
+            raise ValueError("data: set exactly one of data.builtin and data.src")
+
+
+@dataclass
+class CodesStage:
+    views: str = "tencrop"
+    batch_size: int = 64
+
+
+@dataclass
+class SampleStage:
+    per_class: int = 8  # grid
+    grid_classes: str = ""  # "" = every class (up to 20)
+    fid_num: int = 0  # 0 = as many as held-out images
+    cfg: float = 2.0
+    schedule: str = "constant"
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 64
+
+
+@dataclass
+class EvalStage:
+    ref: str = ""  # "" = the held-out image shards; or an ADM reference batch .npz
+    metrics: str = "fid,sfid,is,prec,recall"
+    name: str = ""  # row name in the leaderboard
+
+
+@dataclass
+class PipelineConfig:
+    out: str = "runs/pipeline"
+    data: DataStage = field(default_factory=lambda: DataStage(builtin="digits"))
+    tokenizer: dict = field(default_factory=dict)  # a tokenizer.train config table
+    codes: CodesStage = field(default_factory=CodesStage)
+    gpt: dict = field(default_factory=dict)  # a generator.train config table
+    sample: SampleStage = field(default_factory=SampleStage)
+    eval: EvalStage = field(default_factory=EvalStage)
+
+
+class StageError(RuntimeError):
+    """A stage cannot run: missing or mismatched input, changed config."""
+
+
+def _rank_world():
+    from data.stream import env_rank_world
+    return env_rank_world()
+
+
+def _barrier():
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+class Pipeline:
+    def __init__(self, cfg: PipelineConfig, progress: bool = True):
+        self.cfg, self.out, self.progress = cfg, Path(cfg.out), progress
+        self.rank, self.world = _rank_world()
+
+    def log(self, text: str) -> None:
+        if self.rank == 0 and self.progress:
+            print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    # ---- stage bookkeeping -------------------------------------------------------------
+    def _marker(self, stage: str) -> Path:
+        return self.out / stage / "stage.json"
+
+    def done(self, stage: str, record: dict) -> bool:
+        marker = self._marker(stage)
+        if not marker.exists():
+            return False
+        found = json.loads(marker.read_text())
+        if {k: found.get(k) for k in record} != record:  # outputs (e.g. export_sha1) aside
+            raise StageError(
+                f"{marker.parent} was made with another config or from other inputs; delete "
+                f"it (or choose another out) to redo the '{stage}' stage")
+        return True
+
+    def finish(self, stage: str, record: dict) -> None:
+        if self.rank == 0:
+            from data.tario import atomic_write_json
+            self._marker(stage).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self._marker(stage), record)
+
+    def require(self, stage: str) -> dict:
+        marker = self._marker(stage)
+        if not marker.exists():
+            raise StageError(f"stage '{stage}' has not finished in {self.out / stage}; run it "
+                             "first (--stages " + stage + ")")
+        return json.loads(marker.read_text())
+
+    # ---- 0: data -------------------------------------------------------------------
+    def stage_data(self) -> None:
+        from data import builtin
+        from data.build_shards import BuildSettings, build_shards
+
+        d = self.cfg.data
+        record = {"config": configlib.to_dict(d)}
+        if self.done("data", record):
+            return self.log("data: done")
+        fmt = d.format or ("png" if d.builtin else "jpg")
+        if self.rank == 0:
+            splits = [("train", d.src), ("heldout", d.val_src)] if d.src else \
+                [(s, None) for s in builtin.SPLITS]
+            for split, src in splits:
+                if d.src and not src:
+                    continue
+                source = f"builtin:{d.builtin}/{split}" if d.builtin else str(Path(src).resolve())
+                self.log(f"data: {split} shards from {source}")
+                build_shards(self.out / "data" / split,
+                             BuildSettings(source, d.size, d.crop, fmt, d.shard_size),
+                             builtin_name=d.builtin or None, split=split,
+                             src=src or None, workers=d.workers, progress=self.progress)
+            self.finish("data", record)
+        _barrier()
+
+    # ---- 1: tokenizer ----------------------------------------------------------------
+    def tokenizer_config(self):
+        from tokenizer.train import resolve_config
+
+        table = dict(self.cfg.tokenizer)
+        overrides = [f"data.shards={self.out / 'data' / 'train'}",
+                     f"out={self.out / 'tokenizer'}"]
+        path = self.out / "tokenizer" / "requested.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(configlib.dumps_table(table))
+        return resolve_config(path, overrides)
+
+    def stage_tokenizer(self) -> None:
+        from tokenizer.registry import load_tokenizer
+        from tokenizer.train import Trainer, export_weights
+
+        data = self.require("data")
+        cfg = self.tokenizer_config()
+        record = {"config": configlib.to_dict(cfg), "inputs": {"data": data}}
+        if self.done("tokenizer", record):
+            return self.log("tokenizer: done")
+        self.log(f"tokenizer: training {cfg.size} for {cfg.steps} steps (resumable)")
+        Trainer(cfg, progress=self.progress).run()
+        if self.rank == 0:
+            export = self.out / "tokenizer" / "tokenizer.safetensors"
+            export_weights(self.out / "tokenizer" / "checkpoints" / "last.pt", export)
+            record["export_sha1"] = load_tokenizer(export)[1]["sha1"]
+            self.finish("tokenizer", record)
+        _barrier()
+
+    # ---- 2: codes ------------------------------------------------------------------
+    def stage_codes(self) -> None:
+        from data.tokens import finalize_token_shards, write_token_shards
+        from tokenizer.registry import load_tokenizer
+
+        tok = self.require("tokenizer")
+        export = self.out / "tokenizer" / "tokenizer.safetensors"
+        model, info = load_tokenizer(export)
+        if info["sha1"] != tok["export_sha1"]:
+            raise StageError(f"{export} changed since the tokenizer stage finished "
+                             f"(sha1 {info['sha1'][:12]} vs {tok['export_sha1'][:12]})")
+        record = {"config": configlib.to_dict(self.cfg.codes), "tokenizer_sha1": info["sha1"]}
+        if self.done("codes", record):
+            return self.log("codes: done")
+        self.log(f"codes: tokenizing data/train with {self.cfg.codes.views} views")
+        write_token_shards(model.encode, self.out / "data" / "train", self.out / "codes",
+                           image_size=model.cfg.image_size, vocab_sizes=model.vocab_sizes,
+                           tokenizer={"path": info["path"], "sha1": info["sha1"]},
+                           views=self.cfg.codes.views, batch_size=self.cfg.codes.batch_size,
+                           rank=self.rank, world_size=self.world, progress=self.progress)
+        _barrier()
+        if self.rank == 0:
+            finalize_token_shards(self.out / "data" / "train", self.out / "codes")
+            self.finish("codes", record)
+
+    # ---- 3: gpt ----------------------------------------------------------------------
+    def gpt_config(self):
+        from generator.train import resolve_config
+
+        path = self.out / "gpt" / "requested.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(configlib.dumps_table(dict(self.cfg.gpt)))
+        return resolve_config(path, [f"data.tokens={self.out / 'codes'}",
+                                     f"out={self.out / 'gpt'}"])
+
+    def stage_gpt(self) -> None:
+        from data.stream import read_manifest
+        from data.tokens import FORMAT_TAG
+        from generator.train import Trainer
+
+        codes = self.require("codes")
+        manifest = read_manifest(self.out / "codes", FORMAT_TAG)
+        tok = self.require("tokenizer")
+        if manifest["tokenizer"].get("sha1") != tok["export_sha1"]:
+            raise StageError(f"the token shards in {self.out / 'codes'} come from another "
+                             f"tokenizer (sha1 {manifest['tokenizer'].get('sha1', '?')[:12]}) "
+                             f"than {self.out / 'tokenizer'} ({tok['export_sha1'][:12]})")
+        cfg = self.gpt_config()
+        record = {"config": configlib.to_dict(cfg), "inputs": {"codes": codes}}
+        if self.done("gpt", record):
+            return self.log("gpt: done")
+        self.log(f"gpt: training GPT-{cfg.size} for {cfg.steps} steps with DeepSpeed")
+        trainer = Trainer(cfg, progress=self.progress)
+        trainer.run()
+        if trainer.rank == 0:
+            trainer.export()
+            self.finish("gpt", record)
+        _barrier()
+
+    # ---- 4: sample -------------------------------------------------------------------
+    def stage_sample(self) -> None:
+        from generator import sample, sample_fid
+
+        gpt = self.require("gpt")
+        s = self.cfg.sample
+        heldout = self._heldout_count()
+        num = s.fid_num or heldout
+        record = {"config": configlib.to_dict(s), "num": num, "inputs": {"gpt": gpt}}
+        if self.done("sample", record):
+            return self.log("sample: done")
+        out = self.out / "sample"
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt = str(self.out / "gpt" / "gpt.safetensors")
+        common = ["--cfg", str(s.cfg), "--schedule", s.schedule, "--temperature",
+                  str(s.temperature), "--top-k", str(s.top_k), "--top-p", str(s.top_p),
+                  "--seed", str(s.seed), "--batch-size", str(s.batch_size)]
+        if self.rank == 0:
+            model, _ = sample.load_gpt(ckpt)
+            classes = s.grid_classes or ",".join(str(c) for c in
+                                                 range(min(20, model.cfg.num_classes)))
+            self.log(f"sample: grid of classes {classes}")
+            if sample.main(["--ckpt", ckpt, "--classes", classes, "--per-class",
+                            str(s.per_class), "--zoom", "2", "--out", str(out / "grid.png"),
+                            *common]) != 0:
+                raise StageError("sampling the grid failed (see the message above)")
+        self.log(f"sample: {num} samples for FID")
+        if sample_fid.main(["--ckpt", ckpt, "--num", str(num), "--out",
+                            str(out / "samples.npz"), *common]
+                           + ([] if self.progress else ["--quiet"])) != 0:
+            raise StageError("sampling for FID failed (see the message above)")
+        self.finish("sample", record)
+
+    def _heldout_count(self) -> int:
+        manifest = self.out / "data" / "heldout" / "manifest.json"
+        return json.loads(manifest.read_text())["total"] if manifest.exists() else 10000
+
+    # ---- 5: eval ----------------------------------------------------------------------
+    def stage_eval(self) -> None:
+        from eval import fid, leaderboard
+
+        samples = self.require("sample")
+        e = self.cfg.eval
+        ref = e.ref or str(self.out / "data" / "heldout")
+        record = {"config": configlib.to_dict(e), "ref": ref, "inputs": {"sample": samples}}
+        if self.done("eval", record):
+            return self.log("eval: done")
+        if self.rank != 0:
+            return
+        out = self.out / "eval"
+        out.mkdir(parents=True, exist_ok=True)
+        self.log(f"eval: {e.metrics} of samples against {ref}")
+        args = [str(self.out / "sample" / "samples.npz"), ref, "--metrics", e.metrics,
+                "--json", str(out / "result.json")] + ([] if self.progress else ["--quiet"])
+        if fid.main(args) != 0:
+            raise StageError("evaluation failed (see the message above)")
+        result = json.loads((out / "result.json").read_text())
+        result["model"] = e.name or f"GPT-{self.gpt_config().size} on {self.out.name}"
+        (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+        leaderboard.main([str(out / "result.json"), "--out", str(out / "leaderboard.md")])
+        self.finish("eval", record)
+
+    def run(self, stages) -> None:
+        for stage in stages:
+            getattr(self, f"stage_{stage}")()
+
+
+def load_pipeline_config(path, overrides=None) -> PipelineConfig:
+    return configlib.load(PipelineConfig, path, overrides)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m launch.pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, required=True, help="pipeline TOML config")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help=f"comma-separated subset, in order, of {','.join(STAGES)}")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set gpt.steps=100")
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    args = parser.parse_args(argv)
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        print(f"launch.pipeline: unknown stages {unknown}; choose from {STAGES}", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_pipeline_config(args.config, args.set)
+        pipeline = Pipeline(cfg, progress=not args.quiet)
+        if pipeline.rank == 0:
+            Path(cfg.out).mkdir(parents=True, exist_ok=True)
+            (Path(cfg.out) / "pipeline.toml").write_text(configlib.dumps(cfg))
+        pipeline.run(stages)
+    except (StageError, configlib.ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"launch.pipeline: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
