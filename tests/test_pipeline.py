@@ -9,6 +9,9 @@ import pytest
 from launch import pipeline
 from tests.test_eval_features import _images
 
+pytestmark = pytest.mark.slow  # end-to-end: tens of seconds; -m 'not slow' skips
+
+
 TINY = """
 out = "{out}"
 [data]
