@@ -40,14 +40,13 @@ def _classifier_features(images: np.ndarray) -> np.ndarray:
         n, CLASSIFIER_SIDE, k, CLASSIFIER_SIDE, k).mean((2, 4)).reshape(n, -1)
 
 
-def class_accuracy(train, heldout, generated) -> dict:
-    """SVM on real training images; accuracy on held-out real and on generated images."""
+def class_accuracy(train, **sets) -> dict:
+    """SVM on real training images; its accuracy on each named (images, labels) set."""
     from sklearn.svm import SVC
 
     clf = SVC(gamma="scale", C=10.0).fit(_classifier_features(train[0]), train[1])
-    real = float((clf.predict(_classifier_features(heldout[0])) == heldout[1]).mean())
-    gen = float((clf.predict(_classifier_features(generated[0])) == generated[1]).mean())
-    return {"heldout_real": real, "generated": gen}
+    return {name: float((clf.predict(_classifier_features(images)) == labels).mean())
+            for name, (images, labels) in sets.items()}
 
 
 def fid_floor(train_images: np.ndarray, heldout_dir: Path, n: int, seed: int = 0) -> float:
@@ -71,7 +70,7 @@ def tokenizer_pictures(out: Path, heldout: tuple[np.ndarray, np.ndarray]) -> dic
     from eval.weights import resolve_vgg16
     from tokenizer.evaluate import evaluate
     from tokenizer.registry import load_tokenizer
-    from tokenizer.visualize import reconstruction_sheet
+    from tokenizer.visualize import reconstruction_sheet, to_uint8
 
     model, _ = load_tokenizer(out / "tokenizer" / "tokenizer.safetensors")
     pick = [int(np.flatnonzero(heldout[1] == c)[0]) for c in np.unique(heldout[1])][:10]
@@ -79,7 +78,12 @@ def tokenizer_pictures(out: Path, heldout: tuple[np.ndarray, np.ndarray]) -> dic
     reconstruction_sheet(model, images, zoom=3).save(out / "report-tokenizer.png")
     report = evaluate(model, out / "data" / "heldout", lpips=LPIPS(resolve_vgg16()),
                       progress=False)
-    return report["results"]
+    recon = []
+    with torch.no_grad():
+        for i in range(0, len(heldout[0]), 128):
+            x = torch.from_numpy(heldout[0][i:i + 128]).permute(0, 3, 1, 2).float() / 127.5 - 1
+            recon.append(to_uint8(model(x)[0]))
+    return report["results"], np.concatenate(recon)
 
 
 def write_report(out: Path, timings: dict | None = None) -> Path:
@@ -88,10 +92,11 @@ def write_report(out: Path, timings: dict | None = None) -> Path:
     heldout = _load_shards(out / "data" / "heldout")
     with np.load(out / "sample" / "samples.npz") as f:
         generated = (f["arr_0"], f["arr_1"])
-    recon = tokenizer_pictures(out, heldout)
+    recon, recon_images = tokenizer_pictures(out, heldout)
     result = json.loads((out / "eval" / "result.json").read_text())
     floor = fid_floor(train[0], out / "data" / "heldout", len(generated[0]))
-    acc = class_accuracy(train, heldout, generated)
+    acc = class_accuracy(train, heldout_real=heldout, reconstructed=(recon_images, heldout[1]),
+                         generated=generated)
     q = recon["quantised geometry"]["metrics"]
     cont = recon.get("continuous geometry", {}).get("metrics", {})
     tok_cfg = json.loads((out / "tokenizer" / "stage.json").read_text())["config"]
@@ -129,6 +134,8 @@ def write_report(out: Path, timings: dict | None = None) -> Path:
         f"| class accuracy of generated samples | {100 * acc['generated']:.1f}% |",
         f"| the classifier's accuracy on held-out real digits | "
         f"{100 * acc['heldout_real']:.1f}% |",
+        f"| ... on the tokenizer's reconstructions of them (the generator's ceiling) | "
+        f"{100 * acc['reconstructed']:.1f}% |",
         "",
         f"FID weights: {result['weights']['source']} (sha1 {result['weights']['sha1'][:12]}), "
         f"resize {result['resize']}. The classifier is an RBF SVM on 8x8 average-pooled grey "
