@@ -1,8 +1,8 @@
 """Lazy, cached build of the CUDA splat extension.
 
 Importing ``kernels`` never compiles anything: :func:`load_extension` builds on first
-call (minutes, once) and torch caches the result under ``TORCH_EXTENSIONS_DIR``
-(default ``~/.cache/torch_extensions``), rebuilding only when a source changes.
+call (minutes, once) into ``build/`` of this checkout ($GTGEN_BUILD_DIR moves it) and
+reuses the result, rebuilding only when a source changes.
 
 ``python -m kernels.build`` compiles ahead of time (CI uses it to prove the source
 compiles on a machine without a GPU).
@@ -19,6 +19,8 @@ from pathlib import Path
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = [CSRC / "splat.cpp", CSRC / "splat_kernel.cu"]
 EXTENSION_NAME = "gtgen_splat"
+BUILD_ROOT = Path(os.environ.get("GTGEN_BUILD_DIR", Path(__file__).resolve().parents[1] / "build"))
+"""Per-checkout build cache (git-ignored); $GTGEN_BUILD_DIR moves it."""
 DEFAULT_ARCHS = "8.0;9.0"
 """Compiled for when no GPU is visible to pick the architecture from (A100, H100)."""
 
@@ -76,13 +78,25 @@ def load_extension(verbose: bool = False):
     cpp_extension.CUDA_HOME = str(cuda_home)  # in case it was imported earlier
     if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
+    build_dir = BUILD_ROOT / f"{EXTENSION_NAME}-torch{torch.__version__}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    _clear_stale_lock(build_dir / "lock")
     return cpp_extension.load(
         name=EXTENSION_NAME,
         sources=[str(s) for s in SOURCES],
         extra_cflags=["-O3"],
         extra_cuda_cflags=["-O3", "-lineinfo"],
+        build_directory=str(build_dir),
         verbose=verbose,
     )
+
+
+def _clear_stale_lock(lock: Path, max_age_s: float = 3600) -> None:
+    """A build killed mid-way leaves torch's lock file, and the next build would wait on
+    it forever; no build takes an hour, so an older lock is stale."""
+    if lock.exists() and time.time() - lock.stat().st_mtime > max_age_s:
+        print(f"kernels.build: removing stale build lock {lock}", file=sys.stderr)
+        lock.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -142,3 +142,23 @@ def test_iterating_a_loader_leaves_the_global_rng_alone(tmp_path):
     before = torch.get_rng_state()
     list(loader)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_flips_can_be_turned_off(tmp_path):
+    from PIL import Image
+
+    from data.build_shards import BuildSettings, build_shards
+
+    src = tmp_path / "src" / "a"
+    src.mkdir(parents=True)
+    arr = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
+    Image.fromarray(arr).save(src / "x.png")
+    build_shards(tmp_path / "out", BuildSettings("x", 8, "center", "png", 4),
+                 src=tmp_path / "src", progress=False)
+    loader = make_image_loader(tmp_path / "out", batch_size=1, image_size=8, train=True,
+                               flip=False, drop_last=False)
+    for epoch in range(8):  # with flips, 8 epochs would mirror at least once (p = 1 - 2^-8)
+        loader.dataset.set_epoch(epoch)
+        (img,), _ = next(iter(loader))
+        got = ((img.permute(1, 2, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
+        assert np.array_equal(got, arr)

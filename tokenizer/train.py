@@ -46,6 +46,7 @@ class DataConfig:
     shards: str = ""  # image shard folder (data.build_shards)
     batch_size: int = 8  # per rank
     num_workers: int = 0
+    flip: bool = True  # random horizontal flips; off for data that is not mirror-symmetric
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -213,7 +214,8 @@ class Trainer:
             raise configlib.ConfigError("data.shards is not set (an image shard folder)")
         loader = make_image_loader(
             self.cfg.data.shards, batch_size=self.cfg.data.batch_size,
-            image_size=self.cfg.tokenizer.image_size, train=True, mode="epoch",
+            image_size=self.cfg.tokenizer.image_size, train=True, flip=self.cfg.data.flip,
+            mode="epoch",
             num_workers=self.cfg.data.num_workers, rank=self.info.rank,
             world_size=self.info.world_size, seed=self.cfg.seed)
         while True:
