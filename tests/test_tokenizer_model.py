@@ -25,11 +25,13 @@ def _images(n=4, seed=0):
 
 @pytest.mark.parametrize("gradient", ["ste", "rotation"])
 def test_vector_quantizer_contract_and_round_trip(gradient):
+    torch.manual_seed(0)
     vq = VectorQuantizer(QuantizerConfig(codebook_size=16, dim=4, gradient=gradient,
                                          kmeans_iters=3))
-    z = torch.randn(2, 5, 4, requires_grad=True)
+    # more vectors than codes, so quantising must lose something (commitment > 0)
+    z = torch.randn(4, 20, 4, requires_grad=True)
     q, idx, losses = vq(z)
-    assert q.shape == z.shape and idx.shape == (2, 5) and idx.dtype == torch.int64
+    assert q.shape == z.shape and idx.shape == (4, 20) and idx.dtype == torch.int64
     assert bool(vq.initialised)  # k-means ran on the first training batch
     # indices map back to the codes; the forward value is the code (rotation: to rounding)
     torch.testing.assert_close(q, vq.codes(idx), rtol=1e-5, atol=1e-5)
@@ -45,6 +47,7 @@ def test_vector_quantizer_contract_and_round_trip(gradient):
 
 
 def test_rotation_trick_is_a_scaled_rotation_mapping_z_to_e():
+    torch.manual_seed(0)
     z = torch.randn(6, dtype=torch.float64)
     e = torch.randn(6, dtype=torch.float64)
     jac = torch.autograd.functional.jacobian(lambda x: rotation_trick(x[None], e[None])[0], z)
@@ -57,6 +60,7 @@ def test_rotation_trick_is_a_scaled_rotation_mapping_z_to_e():
 
 
 def test_ema_update_ignores_non_finite_rows():
+    torch.manual_seed(0)
     vq = VectorQuantizer(QuantizerConfig(codebook_size=8, dim=3, kmeans_iters=2))
     vq(torch.randn(64, 3))
     z = torch.randn(64, 3)
