@@ -57,16 +57,21 @@ def _folder_images(path: Path) -> np.ndarray:
     return np.stack(images)
 
 
-def _shard_images(path: Path) -> np.ndarray:
+def load_shard_images(path) -> tuple[np.ndarray, np.ndarray]:
+    """All images (uint8 [N, H, W, 3]) and class ids [N] of an image shard folder."""
     from data.build_shards import FORMAT_TAG
     from data.stream import read_manifest
     from data.tario import iter_tar_samples
 
+    path = Path(path)
     manifest = read_manifest(path, FORMAT_TAG)
     fmt = manifest["settings"]["format"]
-    images = [np.asarray(decode_image(s[fmt])) for shard in manifest["shards"]
-              for s in iter_tar_samples(path / shard["name"])]
-    return _check_images(np.stack(images), str(path))
+    images, labels = [], []
+    for shard in manifest["shards"]:
+        for s in iter_tar_samples(path / shard["name"]):
+            images.append(np.asarray(decode_image(s[fmt])))
+            labels.append(int(s["cls"]))
+    return _check_images(np.stack(images), str(path)), np.asarray(labels)
 
 
 def load_set(path) -> dict[str, np.ndarray]:
@@ -79,7 +84,7 @@ def load_set(path) -> dict[str, np.ndarray]:
             raise ImageSetError(f"{path}: expected a .npz file or a folder")
         return load_npz(path)
     if (path / "manifest.json").exists():
-        return {"arr_0": _shard_images(path)}
+        return {"arr_0": load_shard_images(path)[0]}
     return {"arr_0": _folder_images(path)}
 
 

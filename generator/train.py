@@ -27,7 +27,14 @@ from tqdm import tqdm
 from generator.config import SIZES, GPTConfig, gpt_config
 from generator.model import GPT
 from launch import config as configlib
-from launch.runtime import load_checkpoint, rng_state, save_checkpoint, set_rng_state, warmup_cosine
+from launch.runtime import (
+    load_checkpoint,
+    resumable_batches,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    warmup_cosine,
+)
 
 SCHEDULES = ("cosine", "constant")
 
@@ -188,17 +195,10 @@ class Trainer:
         loader = make_token_loader(self.cfg.data.tokens, batch_size=self.cfg.data.batch_size,
                                    train=True, num_workers=self.cfg.data.num_workers,
                                    rank=self.rank, world_size=self.world, seed=self.cfg.seed)
-        while True:
-            loader.dataset.set_epoch(self.epoch)
-            for index, (tokens, labels) in enumerate(loader):
-                if index < self.batch_in_epoch:
-                    continue
-                self.batch_in_epoch = index + 1
-                yield labels.to(self.device), tokens.to(self.device)
-            if self.batch_in_epoch == 0:
-                raise configlib.ConfigError(f"{self.cfg.data.tokens} gives no full batch of "
-                                            f"{self.cfg.data.batch_size} per rank")
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        empty = (f"{self.cfg.data.tokens} gives no full batch of {self.cfg.data.batch_size} "
+                 "per rank")
+        for tokens, labels in resumable_batches(loader, self, empty):
+            yield labels.to(self.device), tokens.to(self.device)
 
     # ---- checkpoints ----------------------------------------------------------------
     @property

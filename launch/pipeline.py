@@ -307,7 +307,8 @@ class Pipeline:
         if fid.main(args) != 0:
             raise StageError("evaluation failed (see the message above)")
         result = json.loads((out / "result.json").read_text())
-        result["model"] = e.name or f"GPT-{self.gpt_config().size} on {self.out.name}"
+        size = samples["inputs"]["gpt"]["config"]["size"]
+        result["model"] = e.name or f"GPT-{size} on {self.out.name}"
         (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
         leaderboard.main([str(out / "result.json"), "--out", str(out / "leaderboard.md")])
         self.finish("eval", record)

@@ -13,23 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eval.sets import load_shard_images
+
 CLASSIFIER_SIDE = 8  # images are average-pooled to 8x8 grey: the digits' native size
-
-
-def _load_shards(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    from data.build_shards import FORMAT_TAG
-    from data.images import decode_image
-    from data.stream import read_manifest
-    from data.tario import iter_tar_samples
-
-    manifest = read_manifest(folder, FORMAT_TAG)
-    fmt = manifest["settings"]["format"]
-    images, labels = [], []
-    for shard in manifest["shards"]:
-        for s in iter_tar_samples(folder / shard["name"]):
-            images.append(np.asarray(decode_image(s[fmt])))
-            labels.append(int(s["cls"]))
-    return np.stack(images), np.asarray(labels)
 
 
 def _classifier_features(images: np.ndarray) -> np.ndarray:
@@ -88,8 +74,8 @@ def tokenizer_pictures(out: Path, heldout: tuple[np.ndarray, np.ndarray]) -> dic
 
 def write_report(out: Path, timings: dict | None = None) -> Path:
     out = Path(out)
-    train = _load_shards(out / "data" / "train")
-    heldout = _load_shards(out / "data" / "heldout")
+    train = load_shard_images(out / "data" / "train")
+    heldout = load_shard_images(out / "data" / "heldout")
     with np.load(out / "sample" / "samples.npz") as f:
         generated = (f["arr_0"], f["arr_1"])
     recon, recon_images = tokenizer_pictures(out, heldout)

@@ -95,3 +95,22 @@ def save_checkpoint(path: Path, state: dict) -> None:
 def load_checkpoint(path: Path, device="cpu") -> dict:
     """Load with weights_only=True: tensors and plain containers, never arbitrary code."""
     return torch.load(path, map_location=device, weights_only=True)
+
+
+def resumable_batches(loader, position, empty_message: str):
+    """Endless batches of an epoch-mode shard loader, epoch after epoch.
+
+    ``position`` carries ``epoch`` and ``batch_in_epoch`` (checkpointed by the trainer):
+    resuming inside an epoch re-creates that epoch's order and skips the batches
+    already consumed. A loader that gives no batch at all raises ValueError.
+    """
+    while True:
+        loader.dataset.set_epoch(position.epoch)
+        for index, batch in enumerate(loader):
+            if index < position.batch_in_epoch:
+                continue  # resuming inside an epoch: the same batches, skipped
+            position.batch_in_epoch = index + 1
+            yield batch
+        if position.batch_in_epoch == 0:
+            raise ValueError(empty_message)
+        position.epoch, position.batch_in_epoch = position.epoch + 1, 0

@@ -30,6 +30,7 @@ from launch.runtime import (
     ema_update,
     init_distributed,
     load_checkpoint,
+    resumable_batches,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -218,17 +219,10 @@ class Trainer:
             mode="epoch",
             num_workers=self.cfg.data.num_workers, rank=self.info.rank,
             world_size=self.info.world_size, seed=self.cfg.seed)
-        while True:
-            loader.dataset.set_epoch(self.epoch)
-            for index, (images, labels) in enumerate(loader):
-                if index < self.batch_in_epoch:
-                    continue  # resuming inside an epoch: the same batches, skipped
-                self.batch_in_epoch = index + 1
-                yield images.to(self.device), labels
-            if self.batch_in_epoch == 0:
-                raise configlib.ConfigError(f"{self.cfg.data.shards} gives no full batch of "
-                                            f"{self.cfg.data.batch_size} per rank")
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        empty = (f"{self.cfg.data.shards} gives no full batch of {self.cfg.data.batch_size} "
+                 "per rank")
+        for images, labels in resumable_batches(loader, self, empty):
+            yield images.to(self.device), labels
 
     # ---- one step -----------------------------------------------------------------
     def _autocast(self):
