@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tokenizer.config import QuantizerConfig, registry_config
+from tokenizer.config import GaussianConfig, QuantizerConfig, registry_config
 from tokenizer.gaussian import Geometry
 from tokenizer.quantize import VectorQuantizer, rotation_trick
 from tokenizer.registry import build_tokenizer
@@ -72,22 +72,72 @@ def test_ema_update_ignores_non_finite_rows():
 def test_geometry_tokens_round_trip_to_bin_centres():
     model = _model("gaussian")
     g = model.cfg.gaussian
+    assert g.position_bins == 4 * g.splat_size  # sub-pixel positions by default
     gen = torch.Generator().manual_seed(1)
     geo = Geometry(torch.rand(2, 7, 2, generator=gen) * 2 - 1,
                    math.log(g.scale_min) + torch.rand(2, 7, 2, generator=gen)
                    * (math.log(g.scale_max) - math.log(g.scale_min)),
-                   torch.rand(2, 7, generator=gen) * math.pi)
+                   torch.rand(2, 7, generator=gen) * 4 * math.pi - 2 * math.pi)
     position, shape, q = model.quantize_geometry(geo)
     assert position.max() < model.vocab_sizes[0] and shape.max() < model.vocab_sizes[1]
     back = model.geometry_from_tokens(position, shape)
     for a, b in ((q.xy, back.xy), (q.log_scale, back.log_scale), (q.rotation, back.rotation)):
-        assert torch.equal(a, b)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     # each centre lies within half a bin of the value it came from
     half = 1 / g.position_bins
     assert (q.xy - geo.xy).abs().max() <= half + 1e-6
+    # rotations: within half a bin modulo pi (a Gaussian turned by pi is the same Gaussian)
+    step = math.pi / g.rotation_bins
+    wrapped = torch.remainder(q.rotation - geo.rotation + math.pi / 2, math.pi) - math.pi / 2
+    assert wrapped.abs().max() <= step / 2 + 1e-5
     # re-quantising a centre gives the same tokens
     p2, s2, _ = model.quantize_geometry(back)
     assert torch.equal(p2, position) and torch.equal(s2, shape)
+
+
+@pytest.mark.parametrize("bins", [1, 2, 4, 8])
+def test_rotation_bin_centres_include_0_and_half_pi(bins):
+    cfg = registry_config("gaussian-debug")
+    cfg.gaussian.rotation_bins = bins
+    model = build_tokenizer(cfg)
+    shape = torch.arange(model.vocab_sizes[1])[None]
+    centres = set(model.geometry_from_tokens(torch.zeros_like(shape), shape).rotation[0]
+                  .unique().tolist())
+    assert len(centres) == bins and 0.0 in centres
+    if bins > 1:
+        assert any(abs(c - math.pi / 2) < 1e-6 for c in centres)
+    # an axis-aligned Gaussian (0 or pi/2) is quantised without error
+    geo = Geometry(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2),
+                   torch.tensor([[0.0, math.pi / 2 if bins > 1 else math.pi]]))
+    _, _, q = model.quantize_geometry(geo)
+    torch.testing.assert_close(torch.remainder(q.rotation - geo.rotation, math.pi),
+                               torch.zeros(1, 2), rtol=0, atol=1e-6)
+
+
+def test_rotation_bins_must_be_one_or_even():
+    with pytest.raises(ValueError, match="rotation_bins must be 1 or even"):
+        GaussianConfig(rotation_bins=3)
+
+
+@pytest.mark.parametrize("position_bins", [8, 12, 32])
+def test_position_bins_finer_than_the_splat_round_trip(position_bins):
+    """Any bin count (equal to the splat width, or finer, or not a multiple) encodes and
+    decodes to the model's own reconstruction, and the tokens stay in their vocabulary."""
+    cfg = registry_config("gaussian-debug")
+    cfg.gaussian.position_bins = position_bins
+    torch.manual_seed(0)
+    model = build_tokenizer(cfg)
+    model(_images(8, 4))
+    model.eval()
+    x = _images(3, 5)
+    with torch.no_grad():
+        recon, aux = model(x)
+    tokens = model.encode(x)
+    assert tokens[..., 0].max() < position_bins**2
+    assert torch.equal(model.decode(tokens), recon)
+    # the decoded positions are the bin centres nearest the continuous positions
+    back = model.geometry_from_tokens(tokens[..., 0], tokens[..., 1])
+    assert (back.xy - aux["geometry"].xy).abs().max() <= 1 / position_bins + 1e-6
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "vq"])
@@ -99,7 +149,8 @@ def test_gradients_reach_the_encoder(kind, gradient):
     first_conv = model.encoder.conv_in.weight.grad
     assert first_conv is not None and first_conv.abs().sum() > 0
     if kind == "gaussian":  # geometry is quantised straight-through: its anchors learn
-        assert model.anchor_raw.grad.abs().sum() > 0
+        assert model.anchor_scale.grad.abs().sum() > 0
+        assert model.anchor_rotation.grad.abs().sum() > 0
 
 
 def test_tokens_are_in_canonical_raster_order():

@@ -92,6 +92,10 @@ class Attention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(B, N, D))
 
 
+def mlp(din: int, dout: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(din, hidden), nn.GELU(), nn.Linear(hidden, dout))
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

@@ -2,19 +2,24 @@
 
 GaussianToken's token tuple per Gaussian is (position, shape, code):
   position = y_bin * position_bins + x_bin, x and y uniform over [-1, 1] with
-             ``position_bins`` bins each; with position_bins = splat width the bin
-             centres are exactly the splat map's pixel centres;
+             ``position_bins`` bins each: by default 4 bins per splat pixel (with one bin
+             per pixel, learned moves of under a pixel flip tokens instead of moving
+             Gaussians: measured in ../shared/reference/gaussiantoken.md); any count works;
   shape    = (sx_bin * scale_bins + sy_bin) * rotation_bins + r_bin, scales uniform in
-             log space over [scale_min, scale_max] pixels, rotation uniform over [0, pi)
-             (a Gaussian rotated by pi is the same Gaussian);
+             log space over [scale_min, scale_max] pixels; rotation bins *centred* at
+             k pi / rotation_bins (a Gaussian rotated by pi is the same Gaussian), so 0 and,
+             for an even count, pi/2 (the axis-aligned shapes) are bin centres;
   code     = index into the feature codebook.
 Vocabularies: position_bins^2, scale_bins^2 * rotation_bins, codebook_size.
 The VQ baseline's tuple is (code,) per grid cell.
 """
 
+import math
 from dataclasses import dataclass, field
 
 KINDS = ("gaussian", "vq")
+LAYOUTS = ("grid", "content")  # where Gaussians start: a fixed grid, or derived from the image
+MOVES = ("learned", "frozen")  # whether the network moves them from there
 
 
 @dataclass
@@ -63,11 +68,15 @@ class GaussianConfig:
     heads: int = 4
     rounds: int = 3
     splat_size: int = 32  # the splat map is splat_size x splat_size x quantizer.dim
-    position_bins: int = 32
+    position_bins: int = 128  # per axis; 4 per splat pixel
     scale_bins: int = 8
-    rotation_bins: int = 8
+    rotation_bins: int = 8  # 1, or even (so that pi/2 is a bin centre)
     scale_min: float = 0.3
     scale_max: float = 4.0
+    points: int = 4  # local feature reading: sampling points per Gaussian and round
+    layout: str = "content"  # "grid" or "content" (k-means of the image's content mass)
+    moves: str = "learned"  # "learned" (bounded moves from the layout) or "frozen"
+    max_move: float = 1.0  # splat pixels, per axis
 
     def __post_init__(self):
         if self.hidden % self.heads:
@@ -76,9 +85,21 @@ class GaussianConfig:
         if not 0 < self.scale_min < self.scale_max:
             raise ValueError("gaussian.scale_min must be positive and below scale_max")
         for name in ("num_gaussians", "position_bins", "scale_bins", "rotation_bins",
-                     "splat_size", "rounds"):
+                     "splat_size", "rounds", "points"):
             if getattr(self, name) < 1:
                 raise ValueError(f"gaussian.{name} must be positive")
+        if self.rotation_bins > 1 and self.rotation_bins % 2:
+            raise ValueError(f"gaussian.rotation_bins must be 1 or even (so that 0 and pi/2 "
+                             f"are bin centres), got {self.rotation_bins}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"gaussian.layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.moves not in MOVES:
+            raise ValueError(f"gaussian.moves must be one of {MOVES}, got {self.moves!r}")
+        if self.max_move <= 0:
+            raise ValueError("gaussian.max_move must be positive")
+        if self.layout == "grid" and math.isqrt(self.num_gaussians) ** 2 != self.num_gaussians:
+            raise ValueError(f"gaussian.layout 'grid' needs a square num_gaussians, got "
+                             f"{self.num_gaussians}")
 
 
 @dataclass
@@ -88,6 +109,15 @@ class TokenizerConfig:
     encoder: ConvConfig = field(default_factory=ConvConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     gaussian: GaussianConfig = field(default_factory=GaussianConfig)
+    # VQ baseline: side of its token grid; 0 = the encoder's grid. A smaller side averages
+    # the encoder's features down to it and repeats each code back up (nearest), so the
+    # decoder sees a map of the encoder's resolution: the same trunk and decoder as a
+    # GaussianToken whose splat map has that resolution, at another token count.
+    token_grid: int = 0
+    # VQ baseline: rounds of [self-attention, MLP] among its grid tokens before quantising,
+    # as wide as GaussianToken's refinement (gaussian.hidden, gaussian.heads): a control
+    # with the same trunk and about as many parameters. 0: none (the LlamaGen baseline).
+    vq_rounds: int = 0
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -99,10 +129,21 @@ class TokenizerConfig:
             raise ValueError(f"image_size {self.image_size} must be a multiple of "
                              f"gaussian.splat_size {self.gaussian.splat_size}")
 
+        if self.vq_rounds < 0:
+            raise ValueError("vq_rounds must be 0 or positive")
+        if self.token_grid < 0 or (self.token_grid and self.feature_grid % self.token_grid):
+            raise ValueError(f"token_grid {self.token_grid} must divide the encoder's grid "
+                             f"{self.feature_grid} (or be 0)")
+
+    @property
+    def feature_grid(self) -> int:
+        """Side of the encoder's feature grid."""
+        return self.image_size // self.encoder.factor
+
     @property
     def grid(self) -> int:
-        """Side of the encoder's feature grid (the VQ baseline's token grid)."""
-        return self.image_size // self.encoder.factor
+        """Side of the VQ baseline's token grid."""
+        return self.token_grid or self.feature_grid
 
 
 def _debug(kind: str) -> TokenizerConfig:
@@ -112,7 +153,7 @@ def _debug(kind: str) -> TokenizerConfig:
                            res_blocks=1, groups=8),
         quantizer=QuantizerConfig(codebook_size=128, dim=8, kmeans_iters=5),
         gaussian=GaussianConfig(num_gaussians=16, hidden=64, heads=4, rounds=2, splat_size=8,
-                                position_bins=8, scale_bins=4, rotation_bins=4,
+                                position_bins=32, scale_bins=4, rotation_bins=4,
                                 scale_min=0.4, scale_max=3.0),
     )
 
@@ -126,13 +167,13 @@ REGISTRY = {
         kind="gaussian", image_size=32,
         encoder=ConvConfig(channels=128, ch_mult=(1, 2, 2), res_blocks=2),
         quantizer=QuantizerConfig(codebook_size=1024, dim=8),
-        gaussian=GaussianConfig(num_gaussians=64, splat_size=16, position_bins=16)),
+        gaussian=GaussianConfig(num_gaussians=64, splat_size=16, position_bins=64)),
     # the published ImageNet setting: 256 Gaussians, codebook 1024 x 8, 32x32x8 target
     "gaussian-imagenet": lambda: TokenizerConfig(
         kind="gaussian", image_size=256,
         encoder=ConvConfig(channels=128, ch_mult=(1, 2, 2, 4), res_blocks=4),
         quantizer=QuantizerConfig(codebook_size=1024, dim=8),
-        gaussian=GaussianConfig(num_gaussians=256, splat_size=32, position_bins=32)),
+        gaussian=GaussianConfig(num_gaussians=256, splat_size=32, position_bins=128)),
     # LlamaGen-style baseline at the same token count: 16x16 grid at 256 px
     "vq-imagenet": lambda: TokenizerConfig(
         kind="vq", image_size=256,

@@ -1,17 +1,23 @@
 """GaussianToken with fully discrete tokens: every Gaussian is (position, shape, code).
 
-Pipeline: Encoder -> feature tokens; learnable anchor Gaussians refined over a few
-rounds of [self-attention among Gaussians, cross-attention into the feature tokens,
-MLP, geometry head]; a feature head + vector quantiser for each Gaussian's code; the
-geometry quantiser (uniform bins, straight-through) so the decoder only ever sees
-geometry the GPT can produce; the splat op onto a splat_size^2 x dim map; Decoder.
+Pipeline: Encoder -> feature map; Gaussians start at a layout (a grid, or derived from
+the image: ``tokenizer.layout``) on position-bin centres and are refined over a few
+rounds of [self-attention among Gaussians, local feature reading at points placed in
+each Gaussian's own frame (``tokenizer.local_read``), MLP, geometry head]; a feature
+head + vector quantiser for each Gaussian's code; the geometry quantiser (uniform bins,
+straight-through) so the decoder only ever sees geometry the GPT can produce; the
+splat op onto a splat_size^2 x dim map; Decoder.
 
-Geometry parameterisation (per Gaussian, from 5 unconstrained values):
-  x, y  = 2 sigmoid(.) - 1            in (-1, 1), refined as a residual each round
-  scale = exp(log s_min + sigmoid(.) (log s_max - log s_min))   pixels of the splat map
-  theta = pi sigmoid(.)               in (0, pi)
+Geometry per Gaussian (from the start layout and 5 predicted values per round):
+  x, y  = start + (2 max_move / splat_size) tanh(sum of the rounds' moves)  (bounded;
+          ``moves = "frozen"`` keeps the start)
+  scale = exp(log s_min + sigmoid(anchor + delta) (log s_max - log s_min))  splat pixels
+  theta = anchor + delta  radians, unbounded (a Gaussian has period pi; the rotation bins
+          are centred at k pi / rotation_bins and wrap around)
+Scale and rotation are re-predicted around a learned per-Gaussian anchor each round;
+anchors start on bin centres (scale: the bin nearest half the grid spacing; rotation 0).
 Canonical order: Gaussians are stably sorted by their position token (raster order,
-ties by anchor index) before splatting and before leaving ``encode``.
+ties by Gaussian index) before splatting and before leaving ``encode``.
 """
 
 import math
@@ -20,46 +26,53 @@ import torch
 from torch import nn
 
 from kernels import splat
-from tokenizer.blocks import Attention, Decoder, Encoder
+from tokenizer.blocks import Attention, Decoder, Encoder, mlp
 from tokenizer.config import TokenizerConfig
+from tokenizer.layout import content_layout, grid_layout
+from tokenizer.local_read import LocalRead
 from tokenizer.quantize import VectorQuantizer, uniform_dequantize
 
 TUPLE = ("position", "shape", "code")
-
-
-def _mlp(din: int, dout: int, hidden: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(din, hidden), nn.GELU(), nn.Linear(hidden, dout))
+SNAP = ("all", "none", "position", "shape")  # which geometry the decoder sees quantised
 
 
 class RefineRound(nn.Module):
-    def __init__(self, dim: int, heads: int):
+    """Self-attention among Gaussians, local reading of the map, MLP, geometry update."""
+
+    def __init__(self, dim: int, heads: int, points: int, splat_size: int):
         super().__init__()
         self.norm_self, self.self_attn = nn.LayerNorm(dim), Attention(dim, heads)
-        self.norm_cross, self.cross_attn = nn.LayerNorm(dim), Attention(dim, heads)
-        self.norm_mlp, self.mlp = nn.LayerNorm(dim), _mlp(dim, dim, 4 * dim)
+        self.norm_read, self.read = nn.LayerNorm(dim), LocalRead(dim, points, splat_size)
+        self.norm_mlp, self.mlp = nn.LayerNorm(dim), mlp(dim, dim, 4 * dim)
         self.geometry = nn.Linear(dim, 5)
         nn.init.zeros_(self.geometry.weight)
         nn.init.zeros_(self.geometry.bias)
 
-    def forward(self, tokens, context):
+    def forward(self, tokens, fmap, geo: "Geometry"):
         tokens = tokens + self.self_attn(self.norm_self(tokens))
-        tokens = tokens + self.cross_attn(self.norm_cross(tokens), context)
+        tokens = tokens + self.read(self.norm_read(tokens), fmap, geo.xy,
+                                    torch.exp(geo.log_scale), geo.rotation)
         tokens = tokens + self.mlp(self.norm_mlp(tokens))
         return tokens, self.geometry(tokens)
 
 
 class Geometry:
-    """Continuous geometry of [B, N] Gaussians and its quantisation into tokens."""
+    """Continuous geometry of [B, N] Gaussians: xy [B,N,2], log_scale [B,N,2], rotation [B,N]."""
 
     def __init__(self, xy, log_scale, rotation):
-        self.xy, self.log_scale, self.rotation = xy, log_scale, rotation  # [B,N,2],[B,N,2],[B,N]
+        self.xy, self.log_scale, self.rotation = xy, log_scale, rotation
 
-    @classmethod
-    def from_raw(cls, raw: torch.Tensor, s_min: float, s_max: float) -> "Geometry":
-        lo, hi = math.log(s_min), math.log(s_max)
-        return cls(2 * torch.sigmoid(raw[..., 0:2]) - 1,
-                   lo + torch.sigmoid(raw[..., 2:4]) * (hi - lo),
-                   math.pi * torch.sigmoid(raw[..., 4]))
+    def descriptor(self) -> torch.Tensor:
+        """[B, N, 6] for the geometry embedding: xy, log scales, (cos, sin) of 2 theta."""
+        return torch.cat([self.xy, self.log_scale, torch.cos(2 * self.rotation)[..., None],
+                          torch.sin(2 * self.rotation)[..., None]], -1)
+
+    def take(self, order: torch.Tensor) -> "Geometry":
+        """Gaussians reordered by a permutation [B, N]."""
+        def take(t):
+            index = order.view(*order.shape, *([1] * (t.dim() - 2))).expand_as(t)
+            return torch.gather(t, 1, index)
+        return Geometry(take(self.xy), take(self.log_scale), take(self.rotation))
 
 
 class GaussianTokenizer(nn.Module):
@@ -68,15 +81,22 @@ class GaussianTokenizer(nn.Module):
         self.cfg = cfg
         g, q = cfg.gaussian, cfg.quantizer
         self.encoder = Encoder(cfg.encoder, g.hidden)
-        self.context_pos = nn.Parameter(torch.randn(cfg.grid**2, g.hidden) * 0.02)
-        gen = torch.Generator().manual_seed(0)
-        uniform = torch.rand(g.num_gaussians, 4, generator=gen).clamp(0.02, 0.98)
-        self.anchor_raw = nn.Parameter(torch.cat([torch.logit(uniform),
-                                                  torch.zeros(g.num_gaussians, 1)], dim=1))
+        if g.layout == "grid":
+            self.register_buffer("grid_xy", grid_layout(g.num_gaussians, g.position_bins))
+        # anchors on bin centres: log scale at the bin nearest half the grid spacing, rotation 0
+        lo, hi = math.log(g.scale_min), math.log(g.scale_max)
+        spacing = g.splat_size / math.sqrt(g.num_gaussians)
+        width = (hi - lo) / g.scale_bins
+        k = min(max(math.floor((math.log(spacing / 2) - lo) / width), 0), g.scale_bins - 1)
+        fraction = (k + 0.5) / g.scale_bins
+        self.anchor_scale = nn.Parameter(
+            torch.full((g.num_gaussians, 2), math.log(fraction / (1 - fraction))))
+        self.anchor_rotation = nn.Parameter(torch.zeros(g.num_gaussians))
         self.anchor_tokens = nn.Parameter(torch.randn(g.num_gaussians, g.hidden) * 0.02)
-        self.geometry_embed = _mlp(5, g.hidden, g.hidden)
-        self.rounds = nn.ModuleList(RefineRound(g.hidden, g.heads) for _ in range(g.rounds))
-        self.feature_head = nn.Sequential(nn.LayerNorm(g.hidden), _mlp(g.hidden, q.dim, g.hidden))
+        self.geometry_embed = mlp(6, g.hidden, g.hidden)
+        self.rounds = nn.ModuleList(RefineRound(g.hidden, g.heads, g.points, g.splat_size)
+                                    for _ in range(g.rounds))
+        self.feature_head = nn.Sequential(nn.LayerNorm(g.hidden), mlp(g.hidden, q.dim, g.hidden))
         self.quantizer = VectorQuantizer(q)
         self.decoder = Decoder(cfg.encoder, q.dim, cfg.image_size // g.splat_size)
 
@@ -93,51 +113,77 @@ class GaussianTokenizer(nn.Module):
 
     tuple_names = TUPLE
 
-    def _bins(self):
+    def _scale_range(self):
         g = self.cfg.gaussian
-        return ((-1.0, 1.0, g.position_bins),
-                (math.log(g.scale_min), math.log(g.scale_max), g.scale_bins),
-                (0.0, math.pi, g.rotation_bins))
+        return math.log(g.scale_min), math.log(g.scale_max)
 
     def quantize_geometry(self, geo: Geometry):
-        """-> (tokens position [B,N], shape [B,N]; Geometry of bin centres, straight-through)."""
-        (plo, phi, pb), (slo, shi, sb), (rlo, rhi, rb) = self._bins()
+        """-> (tokens position [B,N], shape [B,N]; Geometry of bin centres, straight-through).
+
+        Positions and log scales: uniform bins, index = floor. Rotations: bins centred at
+        k pi / R, index = round(theta R / pi) mod R (periodic: theta and theta + pi are the
+        same Gaussian).
+        """
+        g = self.cfg.gaussian
+        pb, sb, rb = g.position_bins, g.scale_bins, g.rotation_bins
+        lo, hi = self._scale_range()
 
         def q(x, lo, hi, bins):
             index = ((x.detach() - lo) / ((hi - lo) / bins)).floor().clamp(0, bins - 1).long()
             centre = uniform_dequantize(index, lo, hi, bins).to(x.dtype)
             return index, centre + (x - x.detach())  # value: exactly the centre
 
-        ixy, xy = q(geo.xy, plo, phi, pb)
-        isc, log_scale = q(geo.log_scale, slo, shi, sb)
-        irot, rotation = q(geo.rotation, rlo, rhi, rb)
+        ixy, xy = q(geo.xy, -1.0, 1.0, pb)
+        isc, log_scale = q(geo.log_scale, lo, hi, sb)
+        step = math.pi / rb
+        irot = torch.round(geo.rotation.detach() / step).long() % rb
+        rotation = (irot.to(geo.rotation.dtype) * step) + (geo.rotation - geo.rotation.detach())
         position = ixy[..., 1] * pb + ixy[..., 0]
         shape = (isc[..., 0] * sb + isc[..., 1]) * rb + irot
         return position, shape, Geometry(xy, log_scale, rotation)
 
     def geometry_from_tokens(self, position, shape) -> Geometry:
-        (plo, phi, pb), (slo, shi, sb), (rlo, rhi, rb) = self._bins()
+        g = self.cfg.gaussian
+        pb, sb, rb = g.position_bins, g.scale_bins, g.rotation_bins
+        lo, hi = self._scale_range()
         ixy = torch.stack([position % pb, position // pb], -1)
         isc = torch.stack([shape // rb // sb, (shape // rb) % sb], -1)
-        return Geometry(uniform_dequantize(ixy, plo, phi, pb),
-                        uniform_dequantize(isc, slo, shi, sb),
-                        uniform_dequantize(shape % rb, rlo, rhi, rb))
+        return Geometry(uniform_dequantize(ixy, -1.0, 1.0, pb),
+                        uniform_dequantize(isc, lo, hi, sb),
+                        (shape % rb).float() * (math.pi / rb))
 
     # ---- model ------------------------------------------------------------------
+    def start_positions(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, N, 2] start layout on position-bin centres (grid, or derived from the image)."""
+        g = self.cfg.gaussian
+        if g.layout == "grid":
+            return self.grid_xy.expand(images.shape[0], -1, -1)
+        return content_layout(images, g.num_gaussians, g.position_bins)
+
+    def _geometry(self, start, move, scale_raw, rotation) -> Geometry:
+        g = self.cfg.gaussian
+        lo, hi = self._scale_range()
+        xy = start
+        if g.moves == "learned":
+            xy = (start + (2 * g.max_move / g.splat_size) * torch.tanh(move)).clamp(-1, 1)
+        return Geometry(xy, lo + torch.sigmoid(scale_raw) * (hi - lo), rotation)
+
     def gaussians(self, images: torch.Tensor):
         """images [B, 3, S, S] -> continuous Geometry, per-Gaussian features [B, N, dim]."""
-        feats = self.encoder(images)  # [B, D, h, w]
-        context = feats.flatten(2).transpose(1, 2) + self.context_pos  # [B, h*w, D]
+        fmap = self.encoder(images)  # [B, D, h, w]
         B = images.shape[0]
-        raw = self.anchor_raw.expand(B, -1, -1)  # [B, N, 5]
+        start = self.start_positions(images).float()  # [B, N, 2]
+        move = torch.zeros_like(start)
+        geo = self._geometry(start, move, self.anchor_scale.expand(B, -1, -1),
+                             self.anchor_rotation.expand(B, -1))
         tokens = self.anchor_tokens.expand(B, -1, -1)
         for block in self.rounds:
-            tokens, delta = block(tokens + self.geometry_embed(raw), context)
-            # xy refined as a residual; scale and rotation re-predicted around the anchor
-            raw = torch.cat([raw[..., :2] + delta[..., :2],
-                             self.anchor_raw[..., 2:] + delta[..., 2:]], dim=-1)
-        g = self.cfg.gaussian
-        return Geometry.from_raw(raw.float(), g.scale_min, g.scale_max), self.feature_head(tokens)
+            tokens, delta = block(tokens + self.geometry_embed(geo.descriptor()), fmap, geo)
+            delta = delta.float()
+            move = move + delta[..., :2]  # moves accumulate; shape is re-predicted each round
+            geo = self._geometry(start, move, self.anchor_scale + delta[..., 2:4],
+                                 self.anchor_rotation + delta[..., 4])
+        return geo, self.feature_head(tokens)
 
     def render(self, geo: Geometry, codes: torch.Tensor) -> torch.Tensor:
         """Splat Gaussians with their codes [B, N, dim], then decode -> [B, 3, S, S]."""
@@ -148,25 +194,32 @@ class GaussianTokenizer(nn.Module):
 
     @staticmethod
     def _canonical(position: torch.Tensor) -> torch.Tensor:
-        """Permutation [B, N]: raster order of positions, ties by anchor index (stable)."""
+        """Permutation [B, N]: raster order of positions, ties by Gaussian index (stable)."""
         return torch.sort(position, dim=1, stable=True).indices
 
-    def forward(self, images: torch.Tensor, quantize_geometry: bool = True):
-        """-> (reconstruction [B, 3, S, S], aux: losses, tokens, geometry for pictures)."""
+    def forward(self, images: torch.Tensor, quantize_geometry: bool | str = True):
+        """-> (reconstruction [B, 3, S, S], aux: losses, tokens, geometry for pictures).
+
+        quantize_geometry: True / "all" (the tokens: what decode sees), False / "none"
+        (continuous geometry), "position" or "shape" (only that part snapped to its bins:
+        to measure what each part's quantisation costs).
+        """
+        snap = {True: "all", False: "none"}.get(quantize_geometry, quantize_geometry)
+        if snap not in SNAP:
+            raise ValueError(f"quantize_geometry must be a bool or one of {SNAP}, got {snap!r}")
         geo, feats = self.gaussians(images)
         codes, code_idx, losses = self.quantizer(feats)
         position, shape, geo_q = self.quantize_geometry(geo)
-        used = geo_q if quantize_geometry else geo
+        positions_from = geo_q if snap in ("all", "position") else geo
+        shapes_from = geo_q if snap in ("all", "shape") else geo
+        used = Geometry(positions_from.xy, shapes_from.log_scale, shapes_from.rotation)
         order = self._canonical(position)
-
-        def take(t):
-            index = order.view(*order.shape, *([1] * (t.dim() - 2))).expand_as(t)
-            return torch.gather(t, 1, index)
-
-        used = Geometry(take(used.xy), take(used.log_scale), take(used.rotation))
-        recon = self.render(used, take(codes))
-        tokens = torch.stack([take(position), take(shape), take(code_idx)], dim=-1)
-        return recon, {**losses, "tokens": tokens, "geometry": geo}
+        used = used.take(order)
+        take_codes = torch.gather(codes, 1, order[..., None].expand_as(codes))
+        recon = self.render(used, take_codes)
+        tokens = torch.gather(torch.stack([position, shape, code_idx], dim=-1), 1,
+                              order[..., None].expand(-1, -1, 3))
+        return recon, {**losses, "tokens": tokens, "geometry": geo.take(order)}
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,15 +1,30 @@
 """The plain VQ baseline (LlamaGen-style): a grid of codes, same encoder/decoder family.
 
-image [B, 3, S, S] -> Encoder -> [B, dim, g, g] -> vector quantiser -> Decoder.
-Tokens: [B, g*g, 1] in raster order, the tuple being (code,).
+image [B, 3, S, S] -> Encoder -> [B, dim, f, f] -> (average-pooled to the token grid
+g x g when ``token_grid`` is set) -> vector quantiser -> (codes repeated back to f x f)
+-> Decoder. Tokens: [B, g*g, 1] in raster order, the tuple being (code,).
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from tokenizer.blocks import Decoder, Encoder
+from tokenizer.blocks import Attention, Decoder, Encoder, mlp
 from tokenizer.config import TokenizerConfig
 from tokenizer.quantize import VectorQuantizer
+
+
+class MixRound(nn.Module):
+    """Self-attention among the grid's tokens, then an MLP (pre-norm residual)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.norm_self, self.self_attn = nn.LayerNorm(dim), Attention(dim, heads)
+        self.norm_mlp, self.mlp = nn.LayerNorm(dim), mlp(dim, dim, 4 * dim)
+
+    def forward(self, tokens):  # [B, L, D]
+        tokens = tokens + self.self_attn(self.norm_self(tokens))
+        return tokens + self.mlp(self.norm_mlp(tokens))
 
 
 class VQTokenizer(nn.Module):
@@ -18,7 +33,15 @@ class VQTokenizer(nn.Module):
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
         self.cfg = cfg
-        self.encoder = Encoder(cfg.encoder, cfg.quantizer.dim)
+        g = cfg.gaussian
+        if cfg.vq_rounds:  # the same widths as GaussianToken's refinement, without geometry
+            self.encoder = Encoder(cfg.encoder, g.hidden)
+            self.token_pos = nn.Parameter(torch.randn(cfg.grid**2, g.hidden) * 0.02)
+            self.rounds = nn.ModuleList(MixRound(g.hidden, g.heads) for _ in range(cfg.vq_rounds))
+            self.feature_head = nn.Sequential(nn.LayerNorm(g.hidden),
+                                              mlp(g.hidden, cfg.quantizer.dim, g.hidden))
+        else:
+            self.encoder = Encoder(cfg.encoder, cfg.quantizer.dim)
         self.quantizer = VectorQuantizer(cfg.quantizer)
         self.decoder = Decoder(cfg.encoder, cfg.quantizer.dim, cfg.encoder.factor)
 
@@ -31,10 +54,21 @@ class VQTokenizer(nn.Module):
         return self.cfg.grid**2
 
     def forward(self, images: torch.Tensor, quantize_geometry: bool = True):
-        z = self.encoder(images).permute(0, 2, 3, 1)  # [B, g, g, dim]
+        g = self.cfg.grid
+        z = F.adaptive_avg_pool2d(self.encoder(images), g).permute(0, 2, 3, 1)  # [B, g, g, C]
+        if self.cfg.vq_rounds:
+            tokens = z.flatten(1, 2) + self.token_pos  # [B, g*g, hidden]
+            for block in self.rounds:
+                tokens = block(tokens)
+            z = self.feature_head(tokens).view(-1, g, g, self.cfg.quantizer.dim)
         q, indices, losses = self.quantizer(z)
-        recon = self.decoder(q.permute(0, 3, 1, 2))
+        recon = self._decode_codes(q.permute(0, 3, 1, 2))
         return recon, {**losses, "tokens": indices.flatten(1)[..., None]}
+
+    def _decode_codes(self, q: torch.Tensor) -> torch.Tensor:
+        """codes [B, dim, g, g] -> images, repeated (nearest) to the encoder's grid first."""
+        f = self.cfg.feature_grid
+        return self.decoder(q if q.shape[-1] == f else F.interpolate(q, size=f, mode="nearest"))
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -48,4 +82,4 @@ class VQTokenizer(nn.Module):
         if tokens.min() < 0 or tokens.max() >= self.vocab_sizes[0]:
             raise ValueError(f"code tokens must lie in [0, {self.vocab_sizes[0]})")
         q = self.quantizer.codes(tokens[..., 0]).view(-1, g, g, self.cfg.quantizer.dim)
-        return self.decoder(q.permute(0, 3, 1, 2))
+        return self._decode_codes(q.permute(0, 3, 1, 2))
