@@ -119,8 +119,11 @@ class GenerationEvaluator:
 class ReconstructionEvaluator:
     """Per-image PSNR/SSIM/LPIPS means; rFID of reconstructions against the real inputs."""
 
-    def __init__(self, lpips=None, extractor: InceptionFeatures | None = None):
-        self.lpips, self.extractor = lpips, extractor
+    def __init__(self, lpips=None, extractor: InceptionFeatures | None = None,
+                 real_features: np.ndarray | None = None):
+        """real_features: pool features of the same real images, in the order ``update``
+        will see them, computed once by the caller (saves an Inception pass per model)."""
+        self.lpips, self.extractor, self.real_features = lpips, extractor, real_features
         self.reset()
 
     def reset(self) -> None:
@@ -140,14 +143,17 @@ class ReconstructionEvaluator:
         if self.extractor is not None:
             def u8(x):
                 return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            self._real.append(extract(self.extractor, u8(a), progress=False)["pool"])
+            if self.real_features is None:
+                self._real.append(extract(self.extractor, u8(a), progress=False)["pool"])
             self._recon.append(extract(self.extractor, u8(b), progress=False)["pool"])
 
     def result(self) -> dict:
         out = {k: float(torch.cat(v).double().mean()) for k, v in self.values.items() if v}
         info = {"metrics": out, "num_images": int(sum(len(v) for v in self.values["psnr"]))}
         if self.extractor is not None:
-            real, recon = np.concatenate(self._real), np.concatenate(self._recon)
+            recon = np.concatenate(self._recon)
+            real = np.concatenate(self._real) if self.real_features is None else \
+                self.real_features[:len(recon)]
             out["rfid"] = frechet_distance(*statistics(recon), *statistics(real))
             info["rfid_reference"] = "the real images given to this evaluation"
             info["weights"] = self.extractor.weights.to_dict()

@@ -3,34 +3,82 @@
     python -m tokenizer.evaluate --ckpt runs/tok/checkpoints/last.pt --data shards/digits-val
 
 Per-image PSNR and SSIM (means), LPIPS-VGG, rFID of the reconstructions against the
-real images of --data (that is the stated reference), codebook usage and perplexity.
-For GaussianToken the same again with continuous geometry, to show what quantising
-the geometry costs.
+real images of --data (that is the stated reference), codebook usage and perplexity,
+bits per image (sum over tokens of log2 of each vocabulary).
+For GaussianToken also, without rFID: the reconstruction with continuous geometry
+(what quantising the geometry costs), with only positions or only shapes snapped to
+their bins (what each part costs), and geometry statistics over every image of --data:
+per-Gaussian position std across images (splat pixels), distinct position tokens per
+Gaussian, and coverage (the share of the image's content mass within 2 sigma of some
+Gaussian).
 """
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from data.loader import make_image_loader
 from eval.evaluator import ReconstructionEvaluator
+from kernels import splat
 from tokenizer.gaussian import code_usage
+from tokenizer.layout import content_mass
 from tokenizer.registry import load_tokenizer
+
+MODES = {"tokens": True, "continuous geometry": "none", "positions snapped only": "position",
+         "shapes snapped only": "shape"}
+COVER_SIGMAS = 2.0
+
+
+def bits_per_image(model) -> float:
+    return model.num_tokens * sum(math.log2(v) for v in model.vocab_sizes)
+
+
+class GeometryStatistics:
+    """Per-Gaussian (by index, before the canonical sort) statistics over a whole set."""
+
+    def __init__(self, model):
+        self.model, self.xy, self.position, self.covered = model, [], [], []
+
+    def update(self, images: torch.Tensor) -> None:
+        geo, _ = self.model.gaussians(images)
+        position, _, _ = self.model.quantize_geometry(geo)
+        self.xy.append(geo.xy.float().cpu())
+        self.position.append(position.cpu())
+        s = self.model.cfg.gaussian.splat_size
+        ones = geo.xy.new_ones(*geo.xy.shape[:2], 1)
+        reach = splat(geo.xy.float(), torch.exp(geo.log_scale.float()), geo.rotation.float(),
+                      ones, height=s, width=s, cutoff=COVER_SIGMAS**2)[:, 0] > 0  # [B, s, s]
+        mass = F.adaptive_avg_pool2d(content_mass(images)[:, None], s)[:, 0]
+        self.covered.append(((mass * reach).flatten(1).sum(1) / mass.flatten(1).sum(1)).cpu())
+
+    def result(self) -> dict:
+        xy, position = torch.cat(self.xy), torch.cat(self.position)  # [I, N, 2], [I, N]
+        s = self.model.cfg.gaussian.splat_size
+        std = (xy.std(0) * (s / 2)).norm(dim=-1)  # [N]: splat pixels, both axes together
+        distinct = [len(torch.unique(position[:, i])) for i in range(position.shape[1])]
+        return {"position_std_px": std.mean().item(),
+                "distinct_positions_per_gaussian": sum(distinct) / len(distinct),
+                "coverage": torch.cat(self.covered).mean().item()}
 
 
 @torch.no_grad()
 def evaluate(model, data, *, batch_size=64, lpips=None, extractor=None, limit=None,
-             progress=True) -> dict:
+             progress=True, real_features=None) -> dict:
+    """Rows per reconstruction mode (rFID on the tokens row only) and, for GaussianToken,
+    geometry statistics; every image of ``data`` unless ``limit``."""
     size = model.cfg.image_size
     loader = make_image_loader(data, batch_size=batch_size, image_size=size, train=False)
-    modes = {"quantised geometry": True}
-    if model.cfg.kind == "gaussian":
-        modes["continuous geometry"] = False
-    evaluators = {m: ReconstructionEvaluator(lpips, extractor) for m in modes}
+    gaussian = model.cfg.kind == "gaussian"
+    modes = MODES if gaussian else {"tokens": True}
+    evaluators = {m: ReconstructionEvaluator(lpips, extractor, real_features) if m == "tokens"
+                  else ReconstructionEvaluator(lpips) for m in modes}
+    geometry = GeometryStatistics(model) if gaussian else None
     counts = torch.zeros(model.cfg.quantizer.codebook_size)
     seen = 0
     for images, _ in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
@@ -39,16 +87,22 @@ def evaluate(model, data, *, batch_size=64, lpips=None, extractor=None, limit=No
         for mode, quantize in modes.items():
             recon, aux = model(images, quantize_geometry=quantize)
             evaluators[mode].update(images, recon.clamp(-1, 1))
-            if quantize:
+            if mode == "tokens":
                 codes = aux["tokens"][..., -1].flatten()
                 counts += torch.bincount(codes, minlength=counts.numel()).float()
+        if geometry is not None:
+            geometry.update(images)
         seen += len(images)
     usage, perplexity = code_usage(counts)
     rows = {m: ev.result() for m, ev in evaluators.items()}
     for row in rows.values():
         row["metrics"].update({"codebook_usage": usage, "codebook_perplexity": perplexity})
-    return {"data": str(Path(data).resolve()), "num_images": seen, "kind": model.cfg.kind,
-            "results": rows}
+    report = {"data": str(Path(data).resolve()), "num_images": seen, "kind": model.cfg.kind,
+              "bits_per_image": bits_per_image(model), "num_tokens": model.num_tokens,
+              "results": rows}
+    if geometry is not None:
+        report["geometry"] = geometry.result()
+    return report
 
 
 def format_table(report: dict) -> str:
@@ -58,8 +112,11 @@ def format_table(report: dict) -> str:
         m = row["metrics"]
         lines.append("| " + " | ".join([mode] + [f"{m[k]:.4f}" if k in m else "-"
                                                  for k in keys]) + " |")
-    lines.append(f"\n{report['num_images']} images of {report['data']}; rFID reference: the "
-                 "same real images")
+    lines.append(f"\n{report['num_images']} images of {report['data']}; "
+                 f"{report['num_tokens']} tokens, {report['bits_per_image']:.0f} bits per image; "
+                 "rFID (tokens row) against the same real images")
+    if "geometry" in report:
+        lines.append("geometry: " + ", ".join(f"{k} {v:.3f}" for k, v in report["geometry"].items()))
     return "\n".join(lines)
 
 

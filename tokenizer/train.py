@@ -92,12 +92,18 @@ class RunConfig:
     bf16: bool = True  # autocast on CUDA
     seed: int = 0
     max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
+    # GaussianToken: train the decoder on continuous geometry for this many steps, then on
+    # the quantised geometry (the tokens). 0: quantised from the start; = steps: the
+    # continuous-geometry ceiling (not a discrete tokenizer).
+    continuous_steps: int = 0
 
     def __post_init__(self):
         if self.size not in REGISTRY:
             raise ValueError(f"size must be one of {sorted(REGISTRY)}, got {self.size!r}")
         if self.steps < 1:
             raise ValueError("steps must be positive")
+        if self.continuous_steps < 0:
+            raise ValueError("continuous_steps must be 0 or positive")
 
 
 def resolve_config(path=None, overrides=None, size=None) -> RunConfig:
@@ -109,18 +115,25 @@ def resolve_config(path=None, overrides=None, size=None) -> RunConfig:
     data = configlib.apply_overrides(data, list(overrides or []))
     if size:
         data["size"] = size
+    return resolve_table(data)
+
+
+def resolve_table(data: dict) -> RunConfig:
+    """A run config from a nested dict, its tokenizer table laid over the registry size."""
+    data = dict(data)
     name = data.get("size", RunConfig.size)
     if name not in REGISTRY:
         raise configlib.ConfigError(f"size must be one of {sorted(REGISTRY)}, got {name!r}")
     base = configlib.to_dict(registry_config(name))
-    data["tokenizer"] = _merge(base, data.get("tokenizer", {}))
+    data["tokenizer"] = merge_tables(base, data.get("tokenizer", {}))
     return configlib.from_dict(RunConfig, data)
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge_tables(base: dict, over: dict) -> dict:
+    """``over`` laid over ``base``, recursively (sub-tables merged, other values replaced)."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_tables(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -238,7 +251,8 @@ class Trainer:
                 group["lr"] = cfg.optim.lr * lr_scale
         gan_on = self.step_num >= lc.gan_start
         with self._autocast():
-            recon, aux = self.train_model(images)
+            quantized = self.step_num >= cfg.continuous_steps
+            recon, aux = self.train_model(images, quantize_geometry=quantized)
             l1 = (recon.float() - images).abs().mean()
             loss = lc.l1 * l1 + aux["commitment"]
             logs = {"loss/l1": l1, "loss/commitment": aux["commitment"]}
