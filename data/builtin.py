@@ -125,6 +125,23 @@ def photos(split: str):
 
 
 BUILTINS = {"digits": digits, "mnist": mnist, "photos": photos}
+NOT_MIRRORABLE = ("digits", "mnist")  # a mirrored digit is no digit: never flip these
+
+
+def mirror_refusal(shards) -> str | None:
+    """Why flipping the images of an image shard folder is wrong, or None when it is fine
+    (read from its build.json: a built-in digit set must never be mirrored)."""
+    import json
+    from pathlib import Path
+
+    path = Path(shards) / "build.json"
+    if not path.exists():
+        return None
+    source = json.loads(path.read_text()).get("source", "")
+    name = source.removeprefix("builtin:").split("/")[0] if source.startswith("builtin:") else ""
+    if name in NOT_MIRRORABLE:
+        return f"{shards} holds the built-in {name} (digits are not mirror-symmetric)"
+    return None
 
 
 def load_builtin(name: str, split: str):

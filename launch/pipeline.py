@@ -205,6 +205,11 @@ class Pipeline:
         record = {"config": configlib.to_dict(self.cfg.codes), "tokenizer_sha1": info["sha1"]}
         if self.done("codes", record):
             return self.log("codes: done")
+        from data.builtin import mirror_refusal
+        refusal = mirror_refusal(self.out / "data" / "train")
+        if refusal and self.cfg.codes.views != "center":
+            raise StageError(f"codes.views {self.cfg.codes.views!r} mirrors images but "
+                             f"{refusal}: set codes.views = \"center\"")
         self.log(f"codes: tokenizing data/train with {self.cfg.codes.views} views")
         write_token_shards(model.encode, self.out / "data" / "train", self.out / "codes",
                            image_size=model.cfg.image_size, vocab_sizes=model.vocab_sizes,

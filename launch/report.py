@@ -83,7 +83,7 @@ def write_report(out: Path, timings: dict | None = None) -> Path:
     floor = fid_floor(train[0], out / "data" / "heldout", len(generated[0]))
     acc = class_accuracy(train, heldout_real=heldout, reconstructed=(recon_images, heldout[1]),
                          generated=generated)
-    q = recon["quantised geometry"]["metrics"]
+    q = recon["tokens"]["metrics"]
     cont = recon.get("continuous geometry", {}).get("metrics", {})
     tok_cfg = json.loads((out / "tokenizer" / "stage.json").read_text())["config"]
     gpt_cfg = json.loads((out / "gpt" / "stage.json").read_text())["config"]

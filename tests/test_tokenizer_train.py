@@ -19,10 +19,16 @@ def digits(tmp_path_factory):
 
 
 def _cfg(tmp_path, digits, name="run", size="gaussian-debug", **sets):
-    overrides = [f"data.shards={digits}", "data.batch_size=8", "loss.lpips=0",
+    overrides = [f"data.shards={digits}", "data.batch_size=8", "loss.lpips=0", "data.flip=false",
                  "log_every=1000", "image_every=1000", f"out={tmp_path / name}"]
     overrides += [f"{k.replace('__', '.')}={v}" for k, v in sets.items()]
     return resolve_config(None, overrides, size)
+
+
+def test_flipping_digits_is_refused(tmp_path, digits):
+    trainer = Trainer(_cfg(tmp_path, digits, data__flip="true"), progress=False)
+    with pytest.raises(configlib.ConfigError, match="digits are not mirror-symmetric"):
+        trainer.run()
 
 
 def test_a_few_cpu_steps_lower_the_loss(tmp_path, digits):
@@ -84,6 +90,7 @@ def test_config_errors_and_resolved_config(tmp_path, digits, capsys):
 
 
 def test_export_load_and_evaluate(tmp_path, digits):
+    from data.loader import make_image_loader
     from eval.recon import psnr, to_unit
     from tokenizer.evaluate import evaluate
     from tokenizer.registry import load_tokenizer
@@ -101,13 +108,20 @@ def test_export_load_and_evaluate(tmp_path, digits):
         assert torch.equal(from_ckpt(x)[0], from_st(x)[0])
     report = evaluate(from_st, digits, batch_size=64, limit=64, progress=False)
     assert report["num_images"] == 64
-    assert set(report["results"]) == {"quantised geometry", "continuous geometry"}
-    images = next(iter(__import__("data.loader", fromlist=["x"]).make_image_loader(
-        digits, batch_size=64, image_size=32, train=False)))[0]
+    assert set(report["results"]) == {"tokens", "continuous geometry", "positions snapped only",
+                                      "shapes snapped only"}
+    assert report["bits_per_image"] == pytest.approx(16 * (10 + 6 + 7))  # 1024, 64, 128
+    geometry = report["geometry"]
+    assert 0 < geometry["coverage"] <= 1 and geometry["distinct_positions_per_gaussian"] >= 1
+    images = next(iter(make_image_loader(digits, batch_size=64, image_size=32, train=False)))[0]
+    with torch.no_grad():  # the snapped-positions-only row is that reconstruction
+        only = from_st(images, quantize_geometry="position")[0]
+    assert report["results"]["positions snapped only"]["metrics"]["psnr"] == pytest.approx(
+        psnr(to_unit(images), to_unit(only.clamp(-1, 1))).mean().item(), rel=1e-9)
     with torch.no_grad():
         expected = psnr(to_unit(images), to_unit(from_st(images)[0].clamp(-1, 1))).mean()
-    got = report["results"]["quantised geometry"]["metrics"]["psnr"]
+    got = report["results"]["tokens"]["metrics"]["psnr"]
     assert got == pytest.approx(expected.item(), rel=1e-9)
-    assert 0 < report["results"]["quantised geometry"]["metrics"]["codebook_usage"] <= 1
+    assert 0 < report["results"]["tokens"]["metrics"]["codebook_usage"] <= 1
     with pytest.raises(FileNotFoundError, match="do not exist"):
         load_tokenizer(tmp_path / "missing.pt")

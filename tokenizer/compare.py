@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from launch import config as configlib
 from data.tario import atomic_write_json
+from launch import config as configlib
 from launch.runtime import load_checkpoint
 from tokenizer.blocks import count_parameters
 from tokenizer.train import Trainer, merge_tables, resolve_table

@@ -116,7 +116,8 @@ def format_table(report: dict) -> str:
                  f"{report['num_tokens']} tokens, {report['bits_per_image']:.0f} bits per image; "
                  "rFID (tokens row) against the same real images")
     if "geometry" in report:
-        lines.append("geometry: " + ", ".join(f"{k} {v:.3f}" for k, v in report["geometry"].items()))
+        stats = report["geometry"].items()
+        lines.append("geometry: " + ", ".join(f"{k} {v:.3f}" for k, v in stats))
     return "\n".join(lines)
 
 

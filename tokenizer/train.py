@@ -133,7 +133,8 @@ def merge_tables(base: dict, over: dict) -> dict:
     """``over`` laid over ``base``, recursively (sub-tables merged, other values replaced)."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = merge_tables(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        both = isinstance(v, dict) and isinstance(out.get(k), dict)
+        out[k] = merge_tables(out[k], v) if both else v
     return out
 
 
@@ -226,6 +227,10 @@ class Trainer:
 
         if not self.cfg.data.shards:
             raise configlib.ConfigError("data.shards is not set (an image shard folder)")
+        from data.builtin import mirror_refusal
+        refusal = mirror_refusal(self.cfg.data.shards) if self.cfg.data.flip else None
+        if refusal:
+            raise configlib.ConfigError(f"data.flip is on but {refusal}: set data.flip=false")
         loader = make_image_loader(
             self.cfg.data.shards, batch_size=self.cfg.data.batch_size,
             image_size=self.cfg.tokenizer.image_size, train=True, flip=self.cfg.data.flip,

@@ -1,0 +1,94 @@
+"""The comparison command runs end to end on a tiny budget, resumes, and reports honestly."""
+
+import json
+import statistics
+
+import pytest
+
+from data import builtin
+from data.build_shards import BuildSettings, build_shards
+from tokenizer import compare
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    out = tmp_path_factory.mktemp("digits")
+    build_shards(out, BuildSettings("builtin:digits/heldout", 32, "center", "png", 128),
+                 builtin_name="digits", split="heldout", progress=False)
+    assert builtin.SIZES["digits"]["heldout"] == 364
+    return out
+
+
+CONFIG = """
+seeds = [0, 1]
+rfid = false
+lpips = false
+eval_batch = 128
+[base]
+size = "gaussian-debug"
+steps = 2
+log_every = 1
+image_every = 100
+ckpt_every = 1
+[base.data]
+batch_size = 4
+flip = false
+[base.loss]
+lpips = 0.0
+[variants.vq]
+size = "vq-debug"
+tokenizer = { encoder = { ch_mult = [1, 2, 2] }, token_grid = 4, vq_rounds = 2 }
+[variants.grid-pinned]
+tokenizer = { gaussian = { layout = "grid", moves = "frozen" } }
+[variants.ceiling]
+continuous_steps = 2
+[notes]
+vq = "the baseline"
+"""
+
+
+def test_compare_end_to_end_resumes_and_reports(tmp_path, digits, capsys):
+    config = tmp_path / "compare.toml"
+    config.write_text(CONFIG)
+    args = ["--config", str(config), "--set", f"out={tmp_path / 'cmp'}",
+            "--set", f"train={digits}", "--set", f"heldout={digits}"]
+    assert compare.main(args) == 0
+    out = tmp_path / "cmp"
+    evals = {name: [json.loads((out / "runs" / name / f"seed-{s}" / "eval.json").read_text())
+                    for s in (0, 1)] for name in ("vq", "grid-pinned", "ceiling")}
+    for reports in evals.values():
+        assert all(r["num_images"] == 364 for r in reports)  # every held-out image
+    # same trunk and decoder: parameters within 5%, 16 tokens each
+    params = {n: r[0]["parameters"] for n, r in evals.items()}
+    assert abs(params["vq"] / params["grid-pinned"] - 1) < 0.05
+    assert {r[0]["num_tokens"] for r in evals.values()} == {16}
+    assert evals["vq"][0]["bits_per_image"] == pytest.approx(16 * 7)
+    # seeds differ, and the table is their mean and spread
+    psnr = [r["results"]["tokens"]["metrics"]["psnr"] for r in evals["grid-pinned"]]
+    assert psnr[0] != psnr[1]
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["grid-pinned"]["PSNR dB"]["mean"] == pytest.approx(statistics.mean(psnr))
+    assert summary["grid-pinned"]["PSNR dB"]["std"] == pytest.approx(statistics.stdev(psnr))
+    # pinned positions: zero spread across images, and snapping positions costs nothing
+    geo = evals["grid-pinned"][0]["geometry"]
+    assert geo["position_std_px"] == 0 and geo["distinct_positions_per_gaussian"] == 1
+    rows = evals["grid-pinned"][0]["results"]
+    assert rows["positions snapped only"]["metrics"]["psnr"] == pytest.approx(
+        rows["continuous geometry"]["metrics"]["psnr"], abs=1e-9)
+    report = (out / "report.md").read_text()
+    assert "| vq | 0,1 | 16 | 112 |" in report and "**vq**: the baseline" in report
+    assert (out / "layouts.png").exists()
+    # a second run trains and evaluates nothing: everything is finished
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/seed-*/*.json")}
+    capsys.readouterr()
+    assert compare.main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/seed-*/*.json")} == stamps
+    assert "tokenizer:" not in capsys.readouterr().err  # no training progress bar
+
+
+def test_compare_refuses_unknown_variants(tmp_path, digits, capsys):
+    config = tmp_path / "compare.toml"
+    config.write_text(CONFIG)
+    args = ["--config", str(config), "--set", f"out={tmp_path / 'cmp'}", "--only", "nope"]
+    assert compare.main(args) == 2
+    assert "unknown variants ['nope']" in capsys.readouterr().err
