@@ -203,7 +203,7 @@ def summarise(cfg: CompareConfig, reports: dict) -> tuple[str, dict]:
                                          "std": statistics.stdev(kept) if len(kept) > 1 else None}
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"- **{n}**: {cfg.notes[n]}" for n in cfg.variants if n in cfg.notes and n in summary]
-    return "\n".join(lines + [""] + notes), summary
+    return "\n".join([*lines, "", *notes]), summary
 
 
 @torch.no_grad()
