@@ -1,4 +1,4 @@
-"""The offline demo: every stage on the built-in digits, then runs/demo/report.md.
+"""The offline demo: every stage on the built-in mnist, then runs/demo/report.md.
 
     bash launch/demo.sh                 # set-up + this; re-run it to resume
     python -m launch.demo --config launch/configs/demo.toml [--set gpt.steps=500]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The offline demo, end to end: set-up, then data -> tokenizer -> codes -> GPT -> samples
-# -> evaluation on the built-in digits, and runs/demo/report.md. Re-run to resume.
+# -> evaluation on the built-in mnist, and runs/demo/report.md. Re-run to resume.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh

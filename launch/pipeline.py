@@ -32,7 +32,7 @@ STAGES = ("data", "tokenizer", "codes", "gpt", "sample", "eval")
 
 @dataclass
 class DataStage:
-    builtin: str = ""  # "digits" or "photos" (train and heldout splits), or use src
+    builtin: str = ""  # "mnist", "digits" or "photos" (train and heldout splits), or use src
     src: str = ""  # ImageFolder training images
     val_src: str = ""  # ImageFolder held-out images (e.g. ImageNet val)
     size: int = 32
@@ -76,7 +76,7 @@ class EvalStage:
 @dataclass
 class PipelineConfig:
     out: str = "runs/pipeline"
-    data: DataStage = field(default_factory=lambda: DataStage(builtin="digits"))
+    data: DataStage = field(default_factory=lambda: DataStage(builtin="mnist"))
     tokenizer: dict = field(default_factory=dict)  # a tokenizer.train config table
     codes: CodesStage = field(default_factory=CodesStage)
     gpt: dict = field(default_factory=dict)  # a generator.train config table

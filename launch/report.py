@@ -15,7 +15,7 @@ import torch
 
 from eval.sets import load_shard_images
 
-CLASSIFIER_SIDE = 8  # images are average-pooled to 8x8 grey: the digits' native size
+CLASSIFIER_SIDE = 8  # images are average-pooled to 8x8 grey (sklearn digits' native size)
 
 
 def _classifier_features(images: np.ndarray) -> np.ndarray:
@@ -87,10 +87,11 @@ def write_report(out: Path, timings: dict | None = None) -> Path:
     cont = recon.get("continuous geometry", {}).get("metrics", {})
     tok_cfg = json.loads((out / "tokenizer" / "stage.json").read_text())["config"]
     gpt_cfg = json.loads((out / "gpt" / "stage.json").read_text())["config"]
+    source = json.loads((out / "data" / "train" / "build.json").read_text())["source"]
     lines = [
         f"# Demo report: {out}",
         "",
-        f"Built-in digits: {len(train[0])} training and {len(heldout[0])} held-out images "
+        f"Data `{source.removesuffix('/train')}`: {len(train[0])} training and {len(heldout[0])} held-out images "
         f"({train[0].shape[1]} px). Tokenizer `{tok_cfg['size']}`, {tok_cfg['steps']} steps; "
         f"GPT-{gpt_cfg['size']}, {gpt_cfg['steps']} steps (DeepSpeed, one CPU process).",
         "",
@@ -106,7 +107,7 @@ def write_report(out: Path, timings: dict | None = None) -> Path:
         "",
         "| measure | value |",
         "|---|---|",
-        f"| tokenizer PSNR (held-out, quantised geometry) | {q['psnr']:.2f} dB |",
+        f"| tokenizer PSNR (held-out, the tokens) | {q['psnr']:.2f} dB |",
         f"| tokenizer SSIM | {q['ssim']:.3f} |",
         f"| tokenizer LPIPS-VGG | {q['lpips']:.3f} |",
     ]
@@ -118,7 +119,7 @@ def write_report(out: Path, timings: dict | None = None) -> Path:
         f"| {result['metrics']['fid']:.2f} |",
         f"| FID floor: training real vs held-out real (same sizes) | {floor:.2f} |",
         f"| class accuracy of generated samples | {100 * acc['generated']:.1f}% |",
-        f"| the classifier's accuracy on held-out real digits | "
+        f"| the classifier's accuracy on held-out real images | "
         f"{100 * acc['heldout_real']:.1f}% |",
         f"| ... on the tokenizer's reconstructions of them (the generator's ceiling) | "
         f"{100 * acc['reconstructed']:.1f}% |",
