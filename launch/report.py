@@ -91,7 +91,8 @@ def write_report(out: Path, timings: dict | None = None) -> Path:
     lines = [
         f"# Demo report: {out}",
         "",
-        f"Data `{source.removesuffix('/train')}`: {len(train[0])} training and {len(heldout[0])} held-out images "
+        f"Data `{source.removesuffix('/train')}`: {len(train[0])} training and "
+        f"{len(heldout[0])} held-out images "
         f"({train[0].shape[1]} px). Tokenizer `{tok_cfg['size']}`, {tok_cfg['steps']} steps; "
         f"GPT-{gpt_cfg['size']}, {gpt_cfg['steps']} steps (DeepSpeed, one CPU process).",
         "",

@@ -5,6 +5,19 @@ import pytest
 import torch
 
 
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """Image shards of the 364 held-out built-in digits (32 px): small real data."""
+    from data import builtin
+    from data.build_shards import BuildSettings, build_shards
+
+    out = tmp_path_factory.mktemp("digits")
+    build_shards(out, BuildSettings("builtin:digits/heldout", 32, "center", "png", 128),
+                 builtin_name="digits", split="heldout", progress=False)
+    assert builtin.SIZES["digits"]["heldout"] == 364
+    return out
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _packaged_weights_only(tmp_path_factory):
     hub = tmp_path_factory.mktemp("hub")

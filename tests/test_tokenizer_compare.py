@@ -5,19 +5,7 @@ import statistics
 
 import pytest
 
-from data import builtin
-from data.build_shards import BuildSettings, build_shards
 from tokenizer import compare
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    out = tmp_path_factory.mktemp("digits")
-    build_shards(out, BuildSettings("builtin:digits/heldout", 32, "center", "png", 128),
-                 builtin_name="digits", split="heldout", progress=False)
-    assert builtin.SIZES["digits"]["heldout"] == 364
-    return out
-
 
 CONFIG = """
 seeds = [0, 1]

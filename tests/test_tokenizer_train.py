@@ -3,19 +3,8 @@
 import pytest
 import torch
 
-from data import builtin
-from data.build_shards import BuildSettings, build_shards
 from launch import config as configlib
 from tokenizer.train import NonFiniteLoss, Trainer, main, resolve_config
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    out = tmp_path_factory.mktemp("digits")
-    build_shards(out, BuildSettings("builtin:digits/heldout", 32, "center", "png", 128),
-                 builtin_name="digits", split="heldout", progress=False)
-    assert builtin.SIZES["digits"]["heldout"] == 364
-    return out
 
 
 def _cfg(tmp_path, digits, name="run", size="gaussian-debug", **sets):
