@@ -206,6 +206,14 @@ def summarise(cfg: CompareConfig, reports: dict) -> tuple[str, dict]:
     return "\n".join([*lines, "", *notes]), summary
 
 
+def _label(text: str, height: int, width: int = 120):
+    from PIL import Image, ImageDraw
+
+    label = Image.new("RGB", (width, height), (255, 255, 255))
+    ImageDraw.Draw(label).text((4, height // 2 - 6), text, fill=(0, 0, 0))
+    return label
+
+
 @torch.no_grad()
 def layout_sheet(cfg: CompareConfig, heldout: str, names: list[str]):
     """Rows: each Gaussian variant (seed 0, or its first seed); columns: one held-out image
@@ -232,9 +240,9 @@ def layout_sheet(cfg: CompareConfig, heldout: str, names: list[str]):
         geo, _ = model.gaussians(images)
         _, _, geo = model.quantize_geometry(geo)  # what the tokens say
         pictures = to_uint8(images)
-        rows.append([draw_gaussians(pictures[b], geo.xy[b], geo.log_scale[b], geo.rotation[b],
-                                    model.cfg.gaussian.splat_size, zoom=4)
-                     for b in range(len(pick))])
+        row = [draw_gaussians(pictures[b], geo.xy[b], geo.log_scale[b], geo.rotation[b],
+                              model.cfg.gaussian.splat_size, zoom=4) for b in range(len(pick))]
+        rows.append([_label(name, row[0].height), *row])
     return grid(rows) if rows else None
 
 
