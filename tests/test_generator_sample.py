@@ -26,6 +26,7 @@ def chain(tmp_path_factory):
     build_shards(images, BuildSettings("builtin:digits/heldout", 32, "center", "png", 200),
                  builtin_name="digits", split="heldout", progress=False)
     tok = TokTrainer(tok_config(None, [f"data.shards={images}", "loss.lpips=0", "steps=2",
+                                       "data.flip=false",
                                        f"out={root / 'tok'}"], "gaussian-debug"), progress=False)
     tok.run()
     export_weights(root / "tok" / "checkpoints" / "last.pt", root / "tok.safetensors")
@@ -60,7 +61,7 @@ def test_grid_sampling_is_seeded_and_labelled(chain, tmp_path):
     (["--classes", "12"], r"class id 12 is outside \[0, 10\)"),
     (["--classes", "goldfish"], "unknown class 'goldfish'; known names: 0, 1"),
     (["--classes", "1", "--cfg", "-1"], "--cfg must be >= 0"),
-    (["--classes", "1", "--top-k", "100000"], r"--top-k must be in \[0, 128\]"),
+    (["--classes", "1", "--top-k", "100000"], r"--top-k must be in \[0, 1024\]"),  # positions
 ])
 def test_bad_requests_get_one_line(chain, tmp_path, capsys, extra, message):
     _, ckpt = chain
