@@ -92,15 +92,14 @@ def train_one(cfg: CompareConfig, name: str, seed: int, train: str, lpips) -> No
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else \
         {"seconds": 0.0, "steps": 0}
     ckpt = folder / "checkpoints" / "last.pt"
-    if ckpt.exists() and load_checkpoint(ckpt)["step"] >= rc.steps:
+    done = load_checkpoint(ckpt)["step"] if ckpt.exists() else 0
+    if done >= rc.steps:
         return
     trainer = Trainer(rc, lpips=lpips if rc.loss.lpips > 0 else None)
-    start_step, t0 = None, time.perf_counter()
-    trainer.resume()
-    start_step = trainer.step_num
-    trainer.run()
+    t0 = time.perf_counter()
+    trainer.run()  # resumes from ``done``
     timing["seconds"] += time.perf_counter() - t0
-    timing["steps"] += trainer.step_num - start_step
+    timing["steps"] += trainer.step_num - done
     timing["batch_size"] = rc.data.batch_size
     atomic_write_json(timing_path, timing)
 

@@ -46,6 +46,7 @@ class GeometryStatistics:
         self.model, self.xy, self.position, self.covered = model, [], [], []
 
     def update(self, images: torch.Tensor) -> None:
+        # its own pass: the forward's geometry is in canonical order, which loses identity
         geo, _ = self.model.gaussians(images)
         position, _, _ = self.model.quantize_geometry(geo)
         self.xy.append(geo.xy.float().cpu())
