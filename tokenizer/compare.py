@@ -137,10 +137,9 @@ def _real_features(cfg: CompareConfig, heldout: str, extractor) -> np.ndarray:
         return np.load(cache)
     loader = make_image_loader(heldout, batch_size=cfg.eval_batch, image_size=_image_size(cfg),
                                train=False)
-    feats = []
-    for images, _ in loader:
-        u8 = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-        feats.append(extract(extractor, u8.numpy(), progress=False)["pool"])
+    from tokenizer.visualize import to_uint8
+
+    feats = [extract(extractor, to_uint8(images), progress=False)["pool"] for images, _ in loader]
     feats = np.concatenate(feats)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, feats)
@@ -170,13 +169,21 @@ def _mode(report: dict, mode: str):
     return None if row is None else row["metrics"]["psnr"]
 
 
-def _cell(values: list, fmt: str) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
+def _stats(values: list) -> dict | None:
+    """Mean and spread of the values that exist (None: that seed lacks the measure)."""
+    kept = [v for v in values if v is not None]
+    if not kept:
+        return None
+    return {"mean": statistics.mean(kept), "values": kept,
+            "std": statistics.stdev(kept) if len(kept) > 1 else None}
+
+
+def _cell(stats: dict | None, fmt: str) -> str:
+    if stats is None:
         return "–"
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
+    if stats["std"] is None:
+        return fmt.format(stats["mean"])
+    return f"{fmt.format(stats['mean'])} ± {fmt.format(stats['std'])}"
 
 
 def summarise(cfg: CompareConfig, reports: dict) -> tuple[str, dict]:
@@ -194,12 +201,10 @@ def summarise(cfg: CompareConfig, reports: dict) -> tuple[str, dict]:
         summary[name] = {"seeds": sorted(runs), "bits_per_image": first["bits_per_image"],
                          "parameters": first["parameters"], "num_tokens": first["num_tokens"]}
         for header, get, fmt in COLUMNS:
-            values = [get(r) for r in runs.values()]
-            cells.append(_cell(values, fmt))
-            kept = [v for v in values if v is not None]
-            if kept:
-                summary[name][header] = {"mean": statistics.mean(kept), "values": kept,
-                                         "std": statistics.stdev(kept) if len(kept) > 1 else None}
+            stats = _stats([get(r) for r in runs.values()])
+            cells.append(_cell(stats, fmt))
+            if stats is not None:
+                summary[name][header] = stats
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"- **{n}**: {cfg.notes[n]}" for n in cfg.variants if n in cfg.notes and n in summary]
     return "\n".join([*lines, "", *notes]), summary
@@ -274,7 +279,7 @@ def main(argv=None) -> int:
         train, heldout = _shards(cfg)
         tools = (None, None, None)
         if not args.report_only:
-            lpips = extractor = real = None
+            extractor = real = None
             from eval.lpips import LPIPS
             from eval.weights import resolve_inception, resolve_vgg16
             needs_lpips = cfg.lpips or any(run_config(cfg, n, 0, train).loss.lpips > 0
