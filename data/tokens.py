@@ -90,6 +90,7 @@ def write_token_shards(
     image_size: int,
     vocab_sizes: list[int],
     tokenizer: dict,
+    layout: dict | None = None,
     views: str = "tencrop",
     batch_size: int = 64,
     rank: int = 0,
@@ -99,7 +100,9 @@ def write_token_shards(
     """Tokenize this rank's share of the image shards (shard k goes to rank k % world).
 
     ``tokenizer`` identifies the tokenizer (e.g. name and checkpoint fingerprint); it
-    is stored in the manifest so that later stages can refuse mismatched tokens.
+    is stored in the manifest so that later stages can refuse mismatched tokens;
+    ``layout`` (the tokenizer's ``token_layout``: component names, position component
+    and grid) too, so that the generator can use what the components mean.
     Returns the names of the shards written now (finished ones are skipped).
     """
     image_dir, out_dir = Path(image_dir), Path(out_dir)
@@ -108,7 +111,7 @@ def write_token_shards(
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {"image_dir": str(image_dir.resolve()), "image_size": image_size,
                 "views": views, "vocab_sizes": list(vocab_sizes), "tokenizer": tokenizer,
-                "dtype": dtype.name}
+                "dtype": dtype.name, "token_layout": layout or {}}
     settings_path = out_dir / "settings.json"
     if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
         raise ShardSetError(f"{out_dir} holds tokens made with other settings; use a new folder")

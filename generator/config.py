@@ -4,11 +4,19 @@ Sequence layout: [class, t_0, ..., t_{N-2}] in, predictions of [t_0, ..., t_{N-1
 each t_i is a tuple of K components (GaussianToken: position, shape, code; the VQ
 grid: code). Components are embedded and summed at the input, and predicted one
 after another inside a step by light heads (component k sees components < k).
+
+Rotary position embedding (``rope``):
+  "2d"       the VQ grid: tuple i sits at (i // side, i % side) of a square grid.
+  "1d"       the sequence index (any token layout).
+  "spatial"  tuples that carry a position token (GaussianToken): input i is rotated by
+             the (row, column) of tuple i-1's position token, half of each head with
+             the row and half with the column; the class token is not rotated. The
+             number of Gaussians per cell varies, so the index i is not a place.
 """
 
 from dataclasses import dataclass, field
 
-ROPES = ("1d", "2d")
+ROPES = ("1d", "2d", "spatial")
 
 
 @dataclass
@@ -21,11 +29,16 @@ class GPTConfig:
     num_classes: int = 1000  # the null class (CFG) is id num_classes
     class_dropout: float = 0.1
     dropout: float = 0.1  # token, residual and FFN dropout
+    attn_dropout: float = 0.0  # on the attention probabilities (LlamaGen: 0)
     qk_norm: bool = False
-    rope: str = "2d"  # "2d": tokens on a sqrt(N) x sqrt(N) grid (VQ); "1d": sequence order
+    rope: str = "2d"  # "2d" (VQ grid), "1d" (sequence order), "spatial" (position tokens)
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
     ffn_multiple: int = 256
+    # what the tuple components are (from the tokenizer; see data/tokens.py's manifest)
+    component_names: list[str] = field(default_factory=list)  # [] = "c0", "c1", ...
+    position_component: int = -1  # index of the position token; -1: none
+    position_grid: int = 0  # position token = row * position_grid + column
 
     def __post_init__(self):
         if self.dim % self.heads:
@@ -34,20 +47,46 @@ class GPTConfig:
             raise ValueError(f"rope must be one of {ROPES}, got {self.rope!r}")
         if not self.vocab_sizes or min(self.vocab_sizes) < 1:
             raise ValueError(f"vocab_sizes must be positive, got {self.vocab_sizes}")
+        K = len(self.vocab_sizes)
+        if self.component_names and len(self.component_names) != K:
+            raise ValueError(f"component_names {self.component_names} do not match {K} "
+                             "vocabularies")
+        if not -1 <= self.position_component < K:
+            raise ValueError(f"position_component {self.position_component} is outside "
+                             f"[-1, {K})")
+        if self.position_component >= 0 and \
+                self.position_grid**2 != self.vocab_sizes[self.position_component]:
+            raise ValueError(f"position_grid {self.position_grid} squared is not the position "
+                             f"vocabulary {self.vocab_sizes[self.position_component]}")
+        for name in ("dropout", "attn_dropout", "class_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         head_dim = self.dim // self.heads
+        if self.rope == "2d" and K > 1:
+            raise ValueError("rope='2d' places tuple i on a fixed grid cell, which means "
+                             "nothing for tuples of several components: use 'spatial' "
+                             "(position tokens) or '1d'")
+        if self.rope == "spatial" and self.position_component < 0:
+            raise ValueError("rope='spatial' needs tuples with a position token "
+                             "(position_component >= 0, from a GaussianToken tokenizer)")
         if self.rope == "2d":
             side = round(self.num_tokens**0.5)
             if side * side != self.num_tokens:
                 raise ValueError(f"rope='2d' needs a square token grid, got {self.num_tokens}")
-            if head_dim % 4:
-                raise ValueError(f"rope='2d' needs head_dim divisible by 4, got {head_dim}")
-        elif head_dim % 2:
+        if self.rope in ("2d", "spatial") and head_dim % 4:
+            raise ValueError(f"rope={self.rope!r} needs head_dim divisible by 4, got {head_dim}")
+        if head_dim % 2:
             raise ValueError(f"rope needs an even head_dim, got {head_dim}")
 
     @property
     def ffn_hidden(self) -> int:
         hidden = int(2 * 4 * self.dim / 3)
         return self.ffn_multiple * ((hidden + self.ffn_multiple - 1) // self.ffn_multiple)
+
+    @property
+    def names(self) -> list[str]:
+        """One name per tuple component (for logs)."""
+        return self.component_names or [f"c{k}" for k in range(len(self.vocab_sizes))]
 
 
 SIZES = {  # (layers, heads, dim): LlamaGen's class-conditional models
@@ -60,17 +99,31 @@ SIZES = {  # (layers, heads, dim): LlamaGen's class-conditional models
 }
 
 
-def gpt_config(size: str, *, vocab_sizes, num_tokens, num_classes, rope=None, **kw) -> GPTConfig:
+def default_rope(vocab_sizes, num_tokens: int, position_component: int = -1) -> str:
+    """"spatial" for tuples with a position token, "2d" for a square single-code grid,
+    else "1d"."""
+    if position_component >= 0:
+        return "spatial"
+    square = round(num_tokens**0.5) ** 2 == num_tokens
+    return "2d" if len(vocab_sizes) == 1 and square else "1d"
+
+
+def gpt_config(size: str, *, vocab_sizes, num_tokens, num_classes, rope=None,
+               layout: dict | None = None, **kw) -> GPTConfig:
     """Config of a registry size for a given tokenizer (vocabularies, N) and class count.
 
-    rope defaults to "2d" for single-component square grids (the VQ baseline) and "1d"
-    for tuples (GaussianToken), whose canonical order is already raster-like.
+    layout: the tokenizer's token layout (``token_layout``: component names, the
+    position component and its grid), as the token shards' manifest records it.
+    rope: None = :func:`default_rope`.
     """
     if size not in SIZES:
         raise ValueError(f"unknown GPT size {size!r}; choose from {list(SIZES)}")
     layers, heads, dim = SIZES[size]
+    layout = layout or {}
+    kw.setdefault("component_names", list(layout.get("components", [])))
+    kw.setdefault("position_component", layout.get("position_component", -1))
+    kw.setdefault("position_grid", layout.get("position_grid", 0))
     if rope is None:
-        square = round(num_tokens**0.5) ** 2 == num_tokens
-        rope = "2d" if len(vocab_sizes) == 1 and square else "1d"
+        rope = default_rope(vocab_sizes, num_tokens, kw["position_component"])
     return GPTConfig(dim=dim, layers=layers, heads=heads, vocab_sizes=list(vocab_sizes),
                      num_tokens=num_tokens, num_classes=num_classes, rope=rope, **kw)

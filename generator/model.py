@@ -4,7 +4,11 @@ Blocks: pre-norm RMSNorm, SwiGLU FFN (hidden 2/3 * 4d rounded up to 256), no bia
 rotary position embedding, optional qk-norm, scaled_dot_product_attention (xformers
 where it imports and runs on CUDA). Input position 0 is the class token, whose
 rotary rotation is the identity (cos 1, sin 0: LlamaGen zero-pads those rows, which
-zeroes the class token's q and k); input position i >= 1 holds tuple t_{i-1}.
+zeroes the class token's q and k); input position i >= 1 holds tuple t_{i-1}. With
+rope "spatial" the rotation of input i comes from t_{i-1}'s position token ("places",
+[B, L], -1 for the class token) instead of from i; keys are cached rotated, so the
+static KV cache works unchanged. Dropout: ``dropout`` on embeddings, residual branches
+and the FFN; ``attn_dropout`` (default 0) on the attention probabilities.
 Initialisation N(0, 0.02); output heads start at zero.
 
 Tuple heads: with h the final hidden state at a step, component 0 is predicted from
@@ -43,27 +47,45 @@ class SwiGLU(nn.Module):
         return self.drop(self.w2(F.silu(self.w1(x)) * self.w3(x)))
 
 
+def spatial_freqs(cfg: GPTConfig) -> torch.Tensor:
+    """Frequencies [head_dim / 4] shared by the row and the column halves (2d, spatial)."""
+    quarter = cfg.dim // cfg.heads // 4
+    return cfg.rope_base ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
+
+
+def spatial_angles(places: torch.Tensor, grid: int, freqs: torch.Tensor) -> torch.Tensor:
+    """Angles [B, L, head_dim / 2] of position tokens places [B, L] on a grid x grid
+    raster (token = row * grid + column); -1 (the class token) gets angle 0."""
+    valid = places >= 0
+    row = torch.where(valid, torch.div(places, grid, rounding_mode="floor"), 0)
+    col = torch.where(valid, places % grid, 0)
+    return torch.cat([row.to(freqs.dtype)[..., None] * freqs,
+                      col.to(freqs.dtype)[..., None] * freqs], dim=-1)
+
+
 def rope_angles(cfg: GPTConfig) -> torch.Tensor:
-    """Angles [N, head_dim / 2] for input positions 0..N-1 (position 0: the class token)."""
+    """Angles [N, head_dim / 2] for input positions 0..N-1 (position 0: the class token);
+    zeros for "spatial", whose angles come from the tokens (:func:`spatial_angles`)."""
     head_dim = cfg.dim // cfg.heads
     positions = torch.arange(cfg.num_tokens, dtype=torch.float64)
+    if cfg.rope == "spatial":
+        return torch.zeros(cfg.num_tokens, head_dim // 2)
     if cfg.rope == "1d":
         freqs = cfg.rope_base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
         angles = positions[:, None] * freqs[None]
     else:  # half of each head rotates with the row, half with the column
         side = round(cfg.num_tokens**0.5)
-        quarter = head_dim // 4
-        freqs = cfg.rope_base ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
-        token = (positions - 1).clamp_min(0)  # input i >= 1 holds tuple i - 1
-        row, col = torch.div(token, side, rounding_mode="floor"), token % side
-        angles = torch.cat([row[:, None] * freqs, col[:, None] * freqs], dim=1)
+        token = (positions - 1).long()  # input i >= 1 holds tuple i - 1 (grid cell i - 1)
+        angles = spatial_angles(token, side, spatial_freqs(cfg))
     angles[0] = 0  # the class token: identity rotation
     return angles.float()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[..., 2i], x[..., 2i+1]); x [B, H, L, Dh], cos/sin [L, Dh/2]."""
-    x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
+    """Rotate pairs (x[..., 2i], x[..., 2i+1]); x [B, H, L, Dh], cos/sin [L, Dh/2] or
+    [B, 1, L, Dh/2]. Computed in fp32 (fp64 for fp64 inputs)."""
+    xf = x if x.dtype == torch.float64 else x.float()
+    x1, x2 = xf[..., 0::2], xf[..., 1::2]
     out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
     return out.flatten(-2).type_as(x)
 
@@ -85,6 +107,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(self.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
+        self.attn_p = cfg.attn_dropout
         self.cache_k = self.cache_v = None
         self.use_xformers = False
 
@@ -99,7 +122,7 @@ class Attention(nn.Module):
         causal = L > 1
         if causal and start != 0:
             raise ValueError("several new positions at once are only supported from position 0")
-        p = self.drop.p if self.training else 0.0
+        p = self.attn_p if self.training else 0.0
         xops = _xformers_attention() if self.use_xformers and x.is_cuda else None
         if xops is not None:
             bias = xops.LowerTriangularMask() if causal else None
@@ -158,6 +181,7 @@ class GPT(nn.Module):
         angles = rope_angles(cfg)
         self.register_buffer("rope_cos", torch.cos(angles), persistent=False)
         self.register_buffer("rope_sin", torch.sin(angles), persistent=False)
+        self.register_buffer("rope_freqs", spatial_freqs(cfg).float(), persistent=False)
         self.apply(self._init)
         for out in self.heads.outs:
             nn.init.zeros_(out.weight)
@@ -183,9 +207,35 @@ class GPT(nn.Module):
         """[B, L, K] -> [B, L, D]: the sum of one embedding per component."""
         return sum(emb(tokens[..., k]) for k, emb in enumerate(self.tok_embed))
 
-    def hidden(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
-        L = x.shape[1]
-        cos, sin = self.rope_cos[start:start + L], self.rope_sin[start:start + L]
+    def places(self, tuples: torch.Tensor, class_token: bool = False) -> torch.Tensor | None:
+        """Position tokens [B, L (+1)] of inputs holding tuples [B, L, K], with -1 first
+        for the class token; None unless rope is "spatial"."""
+        if self.cfg.rope != "spatial":
+            return None
+        places = tuples[..., self.cfg.position_component]
+        if class_token:
+            places = torch.cat([places.new_full((places.shape[0], 1), -1), places], 1)
+        return places
+
+    def rotation(self, start: int, length: int, places: torch.Tensor | None = None):
+        """(cos, sin) for inputs at positions start..start+length-1: [L, Dh/2], or
+        [B, 1, L, Dh/2] from places [B, L] with rope "spatial"."""
+        if self.cfg.rope != "spatial":
+            return self.rope_cos[start:start + length], self.rope_sin[start:start + length]
+        if places is None or places.shape[1] != length:
+            raise ValueError(f"rope='spatial' needs the position tokens [B, {length}] of the "
+                             "inputs (GPT.places)")
+        freqs = self.rope_freqs  # kept in fp32 (fp64) even when the model is cast lower
+        if freqs.dtype not in (torch.float32, torch.float64):
+            freqs = spatial_freqs(self.cfg).to(places.device, torch.float32)
+        angles = spatial_angles(places, self.cfg.position_grid, freqs)
+        return torch.cos(angles)[:, None], torch.sin(angles)[:, None]
+
+    def hidden(self, x: torch.Tensor, start: int = 0,
+               places: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states [B, L, D] of inputs x [B, L, D] at positions start..;
+        places [B, L]: their position tokens (rope "spatial" only)."""
+        cos, sin = self.rotation(start, x.shape[1], places)
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, cos, sin, start)
@@ -195,21 +245,32 @@ class GPT(nn.Module):
         """Teacher-forced logits: labels [B], tokens [B, N, K] -> K tensors [B, N, V_k]."""
         self._check(labels, tokens)
         x = torch.cat([self.cls_embed(labels)[:, None], self.embed_tokens(tokens[:, :-1])], 1)
-        h = self.hidden(x)  # [B, N, D]; h[:, i] predicts tokens[:, i]
+        h = self.hidden(x, 0, self.places(tokens[:, :-1], class_token=True))
+        # h [B, N, D]: h[:, i] predicts tokens[:, i]
         components = [tokens[..., k] for k in range(tokens.shape[-1])]
         return [self.heads.logits(h, k, components) for k in range(len(components))]
 
-    def loss(self, labels: torch.Tensor, tokens: torch.Tensor,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mean cross-entropy summed over components; labels dropped to the null class
-        with probability class_dropout while training (classifier-free guidance)."""
+    def losses(self, labels: torch.Tensor, tokens: torch.Tensor,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-component mean cross-entropy [K] (with grad) and top-1 accuracy [K] (without);
+        labels dropped to the null class with probability class_dropout while training
+        (classifier-free guidance)."""
         if self.training and self.cfg.class_dropout > 0:
             drop = torch.rand(labels.shape, generator=generator, device="cpu") \
                 < self.cfg.class_dropout
             labels = torch.where(drop.to(labels.device), self.null_class, labels)
         logits = self.forward(labels, tokens)
-        return sum(F.cross_entropy(lg.flatten(0, 1), tokens[..., k].flatten())
-                   for k, lg in enumerate(logits))
+        ce = torch.stack([F.cross_entropy(lg.flatten(0, 1), tokens[..., k].flatten())
+                          for k, lg in enumerate(logits)])
+        with torch.no_grad():
+            acc = torch.stack([(lg.argmax(-1) == tokens[..., k]).float().mean()
+                               for k, lg in enumerate(logits)])
+        return ce, acc
+
+    def loss(self, labels: torch.Tensor, tokens: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean cross-entropy summed over components (see :meth:`losses`)."""
+        return self.losses(labels, tokens, generator)[0].sum()
 
     # ---- decoding with the static KV cache -------------------------------------------
     def setup_cache(self, batch: int, dtype=None, device=None) -> None:
@@ -224,9 +285,10 @@ class GPT(nn.Module):
         for block in self.blocks:
             block.attn.cache_k = block.attn.cache_v = None
 
-    def step(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """Hidden states [B, L, D] of new inputs x [B, L, D] at positions start.. (cached)."""
-        return self.hidden(x, start)
+    def step(self, x: torch.Tensor, start: int, places: torch.Tensor | None = None):
+        """Hidden states [B, L, D] of new inputs x [B, L, D] at positions start.. (cached);
+        places [B, L]: their position tokens (rope "spatial")."""
+        return self.hidden(x, start, places)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from generator.config import GPTConfig
 from generator.model import GPT
-from generator.sampling import SCHEDULES, generate
+from generator.sampling import SCHEDULES, generate, guided_components
 from launch import config as configlib
 
 
@@ -85,8 +85,47 @@ def parse_classes(text: str, num_classes: int, names: list[str] | None) -> list[
     return ids
 
 
+ORDERS = {"auto": None, "on": True, "off": False}
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, cfg_default: float = 2.0) -> None:
+    """The sampling flags shared by generator.sample and generator.sample_fid."""
+    parser.add_argument("--cfg", type=float, default=cfg_default,
+                        help="classifier-free guidance scale (1 = none)")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
+                        help="guidance schedule: constant, or linear from 1 at the first "
+                             "tuple to --cfg at the last")
+    parser.add_argument("--guide", default="all",
+                        help="tuple components guidance applies to: all, or names/ids, e.g. "
+                             "'code' or 'shape,code' (the others are drawn unguided)")
+    parser.add_argument("--order", choices=list(ORDERS), default="auto",
+                        help="mask position tokens below the previous tuple's (the "
+                             "tokenizer's canonical order); auto = on for Gaussian tuples")
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely (0 = all)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (1 = all)")
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same samples")
+    parser.add_argument("--batch-size", type=int, default=64, help="samples per batch")
+
+
+def sampling_kwargs(args) -> dict:
+    """generate()'s keyword arguments from the flags of :func:`add_sampling_args`."""
+    return {"cfg_scale": args.cfg, "schedule": args.schedule, "guide": args.guide,
+            "order": ORDERS[args.order], "temperature": args.temperature,
+            "top_k": args.top_k, "top_p": args.top_p}
+
+
 def check_sampling_args(cfg_scale: float, top_k: int, top_p: float, temperature: float,
-                        vocab_sizes: list[int]) -> None:
+                        vocab_sizes: list[int], guide="all", order=None,
+                        model_cfg: GPTConfig | None = None) -> None:
+    if model_cfg is not None:
+        try:
+            guided_components(guide, model_cfg.names)
+        except ValueError as err:
+            raise SampleError(f"--guide: {err}") from None
+        if order and model_cfg.position_component < 0:
+            raise SampleError("--order on needs tuples with a position token (a GaussianToken "
+                              "GPT); this one has none")
     if cfg_scale < 0:
         raise SampleError(f"--cfg must be >= 0, got {cfg_scale}")
     if top_k < 0 or top_k > max(vocab_sizes):
@@ -136,14 +175,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tokenizer", help="tokenizer weights (default: the one recorded)")
     parser.add_argument("--classes", required=True, help="comma-separated class ids or names")
     parser.add_argument("--per-class", type=int, default=8, help="samples per class (a row each)")
-    parser.add_argument("--cfg", type=float, default=2.0, help="guidance scale (1 = none)")
-    parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
-                        help="guidance schedule: constant, or linear from 1 to --cfg")
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely (0 = all)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (1 = all)")
-    parser.add_argument("--seed", type=int, default=0, help="same seed, same samples")
-    parser.add_argument("--batch-size", type=int, default=64)
+    add_sampling_args(parser)
     parser.add_argument("--zoom", type=int, default=1, help="enlarge tiles in the grid")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG to write")
@@ -155,14 +187,12 @@ def main(argv=None) -> int:
         names = class_names(meta)
         classes = parse_classes(args.classes, model.cfg.num_classes, names)
         check_sampling_args(args.cfg, args.top_k, args.top_p, args.temperature,
-                            model.cfg.vocab_sizes)
+                            model.cfg.vocab_sizes, args.guide, ORDERS[args.order], model.cfg)
         tokenizer = load_matching_tokenizer(meta, args.tokenizer, args.device)
         labels = torch.tensor([c for c in classes for _ in range(args.per_class)],
                               device=args.device)
         images = sample_images(model, tokenizer, labels, batch_size=args.batch_size,
-                               seed=args.seed, cfg_scale=args.cfg, schedule=args.schedule,
-                               temperature=args.temperature, top_k=args.top_k,
-                               top_p=args.top_p)
+                               seed=args.seed, **sampling_kwargs(args))
     except (SampleError, FileNotFoundError) as err:
         print(f"generator.sample: {err}", file=sys.stderr)
         return 2

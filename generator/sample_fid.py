@@ -7,10 +7,14 @@ Sample i has label i % num_classes (balanced: 50 per class for 50,000 ImageNet
 samples) unless --random-labels. Samples come in chunks of --batch-size; chunk k is
 made by rank k % world with its own seed (seed, k), so the result does not depend on
 the number of ranks. Each chunk is written atomically to OUT.parts/; a re-run skips
-finished chunks (resumable), and rank 0 packs the parts into OUT at the end.
+finished chunks (resumable), and rank 0 packs the parts into OUT at the end. The
+parts folder records the settings (checkpoint sha1, guidance, filters, seed, chunk
+size, labels); a re-run with other settings into the same OUT is refused.
 """
 
 import argparse
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -20,14 +24,24 @@ from tqdm import tqdm
 
 from data.tario import atomic_write_bytes
 from generator.sample import (
+    ORDERS,
     SampleError,
+    add_sampling_args,
     check_sampling_args,
     load_gpt,
     load_matching_tokenizer,
     sample_images,
+    sampling_kwargs,
 )
-from generator.sampling import SCHEDULES
 from launch.runtime import init_distributed
+
+
+def _sha1(path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def chunk_labels(k: int, batch: int, num: int, num_classes: int, random: bool, seed: int):
@@ -45,13 +59,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tokenizer", help="tokenizer weights (default: the one recorded)")
     parser.add_argument("--num", type=int, default=50000, help="number of samples")
     parser.add_argument("--out", type=Path, required=True, help=".npz to write")
-    parser.add_argument("--cfg", type=float, default=2.0, help="guidance scale")
-    parser.add_argument("--schedule", choices=SCHEDULES, default="constant")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=64, help="samples per chunk")
+    add_sampling_args(parser)
     parser.add_argument("--random-labels", action="store_true",
                         help="uniformly random labels instead of balanced ones")
     parser.add_argument("--quiet", action="store_true")
@@ -64,21 +72,31 @@ def main(argv=None) -> int:
             raise SampleError(f"--num must be positive, got {args.num}")
         model, meta = load_gpt(args.ckpt, device)
         check_sampling_args(args.cfg, args.top_k, args.top_p, args.temperature,
-                            model.cfg.vocab_sizes)
+                            model.cfg.vocab_sizes, args.guide, ORDERS[args.order], model.cfg)
         tokenizer = load_matching_tokenizer(meta, args.tokenizer, device)
     except (SampleError, FileNotFoundError) as err:
         print(f"generator.sample_fid: {err}", file=sys.stderr)
         return 2
-    parts.mkdir(parents=True, exist_ok=True)
+    settings = {"ckpt_sha1": _sha1(args.ckpt), "num": args.num,
+                "random_labels": args.random_labels, "seed": args.seed,
+                "batch_size": args.batch_size, **sampling_kwargs(args)}
+    recorded = parts / "settings.json"
+    if recorded.exists() and json.loads(recorded.read_text()) != settings:
+        print(f"generator.sample_fid: {parts} holds samples made with other settings "
+              f"({recorded}); choose another --out or delete it", file=sys.stderr)
+        return 2
+    if info.main:
+        parts.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(recorded, json.dumps(settings, indent=1).encode())
+    if info.world_size > 1:
+        torch.distributed.barrier()
     chunks = range(info.rank, (args.num + args.batch_size - 1) // args.batch_size, info.world_size)
     todo = [k for k in chunks if not (parts / f"chunk-{k:06d}.npz").exists()]
     for k in tqdm(todo, desc=f"samples (rank {info.rank})", disable=args.quiet or not info.main):
         labels = chunk_labels(k, args.batch_size, args.num, model.cfg.num_classes,
                               args.random_labels, args.seed).to(device)
         images = sample_images(model, tokenizer, labels, batch_size=args.batch_size,
-                               seed=args.seed * 1_000_003 + k, cfg_scale=args.cfg,
-                               schedule=args.schedule, temperature=args.temperature,
-                               top_k=args.top_k, top_p=args.top_p)
+                               seed=args.seed * 1_000_003 + k, **sampling_kwargs(args))
         import io
         buf = io.BytesIO()
         np.savez(buf, images=images.numpy(), labels=labels.cpu().numpy())

@@ -1,10 +1,15 @@
 """Autoregressive sampling with classifier-free guidance, top-k / top-p and a KV cache.
 
-CFG: the batch is doubled with the null class; per component,
+CFG: the batch is doubled with the null class; per guided component,
 logits = uncond + s (cond - uncond), s constant or rising linearly from 1 at the
-first tuple to ``cfg_scale`` at the last. Then temperature, top-k, top-p and a draw
-from ``generator`` (so a seed fixes the samples). A component drawn from the guided
-distribution is fed to both halves before the next component or step.
+first tuple to ``cfg_scale`` at the last; components left out of ``guide`` are drawn
+from the conditional logits alone. Then the order constraint, temperature, top-k,
+top-p and a draw from ``generator`` (so a seed fixes the samples). A component drawn
+from the guided distribution is fed to both halves before the next component or step.
+
+Order constraint (tuples with a position token): the tokenizer emits its Gaussians
+sorted by position token, so position logits below the previous tuple's position are
+masked; sequences the tokenizer never produces cannot be drawn.
 """
 
 import torch
@@ -33,6 +38,36 @@ def guidance_scale(step: int, num_steps: int, cfg_scale: float, schedule: str) -
     return 1.0 + (cfg_scale - 1.0) * step / (num_steps - 1)
 
 
+def order_mask(logits: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+    """Position logits [B, V] with every id below previous [B] set to -inf."""
+    if previous is None:
+        return logits
+    below = torch.arange(logits.shape[-1], device=logits.device)[None] < previous[:, None]
+    return logits.masked_fill(below, float("-inf"))
+
+
+def guided_components(guide, names: list[str]) -> list[int]:
+    """Indices of the components to guide: None/"all" = every one, else names or ids
+    ("code", "1,2", ["shape", "code"])."""
+    if guide is None or guide == "all":
+        return list(range(len(names)))
+    items = [t.strip() for t in guide.split(",")] if isinstance(guide, str) else list(guide)
+    out = []
+    for item in items:
+        if isinstance(item, int) or str(item).isdigit():
+            k = int(item)
+        elif item in names:
+            k = names.index(item)
+        else:
+            raise ValueError(f"unknown component {item!r} to guide; components: {names}")
+        if not 0 <= k < len(names):
+            raise ValueError(f"component {k} is outside [0, {len(names)})")
+        out.append(k)
+    if not out:
+        raise ValueError("guide names no component")
+    return sorted(set(out))
+
+
 def _draw(logits, temperature, top_k, top_p, generator):
     if temperature == 0:
         return logits.argmax(-1)
@@ -43,17 +78,34 @@ def _draw(logits, temperature, top_k, top_p, generator):
 
 @torch.no_grad()
 def generate(model, labels: torch.Tensor, *, cfg_scale: float = 1.0, schedule: str = "constant",
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
-    """Sample tuples [B, N, K] for class labels [B] (int64)."""
+             guide=None, order: bool | None = None, temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 1.0, generator: torch.Generator | None = None,
+             use_cache: bool = True) -> torch.Tensor:
+    """Sample tuples [B, N, K] for class labels [B] (int64).
+
+    guide: the components CFG applies to (see :func:`guided_components`; None = all).
+    order: the order constraint on the position component; None = on when the model's
+    tuples have one.
+    """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if cfg_scale < 0:
         raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
     cfg = model.cfg
     B, N, K = labels.shape[0], cfg.num_tokens, len(cfg.vocab_sizes)
+    pc = cfg.position_component
+    if order is None:
+        order = pc >= 0
+    elif order and pc < 0:
+        raise ValueError("the order constraint needs tuples with a position token; this "
+                         "model has none")
+    guide_set = set(guided_components(guide, cfg.names))
     guided = cfg_scale != 1.0
     cls = torch.cat([labels, torch.full_like(labels, model.null_class)]) if guided else labels
+
+    def both(t):  # the same tokens for the conditional and the unconditional half
+        return torch.cat([t, t]) if guided else t
+
     was_training = model.training
     model.eval()
     tokens = torch.zeros(B, 0, K, dtype=torch.long, device=labels.device)
@@ -61,25 +113,27 @@ def generate(model, labels: torch.Tensor, *, cfg_scale: float = 1.0, schedule: s
         model.setup_cache(cls.shape[0])
     try:
         x = model.cls_embed(cls)[:, None]  # the class token at position 0
+        places = model.places(tokens[:, :0].new_zeros(cls.shape[0], 0, K), class_token=True)
         for i in range(N):
             if use_cache:
-                h = model.step(x, i)[:, -1]  # [B or 2B, D]
+                h = model.step(x, i, places)[:, -1]  # [B or 2B, D]
             else:
-                both = torch.cat([tokens, tokens]) if guided else tokens
-                seq = torch.cat([model.cls_embed(cls)[:, None], model.embed_tokens(both)], 1)
-                h = model.hidden(seq)[:, -1]
+                seq = torch.cat([model.cls_embed(cls)[:, None], model.embed_tokens(both(tokens))],
+                                1)
+                h = model.hidden(seq, 0, model.places(both(tokens), class_token=True))[:, -1]
             scale = guidance_scale(i, N, cfg_scale, schedule)
             parts = []
             for k in range(K):
-                previous = [torch.cat([p, p]) if guided else p for p in parts]
-                logits = model.heads.logits(h, k, previous)
+                logits = model.heads.logits(h, k, [both(p) for p in parts])
                 if guided:
                     cond, uncond = logits.chunk(2)
-                    logits = uncond + scale * (cond - uncond)
+                    logits = uncond + scale * (cond - uncond) if k in guide_set else cond
+                if order and k == pc and i > 0:
+                    logits = order_mask(logits, tokens[:, -1, pc])
                 parts.append(_draw(logits, temperature, top_k, top_p, generator))
             new = torch.stack(parts, -1)[:, None]  # [B, 1, K]
             tokens = torch.cat([tokens, new], 1)
-            x = model.embed_tokens(torch.cat([new, new]) if guided else new)
+            x, places = model.embed_tokens(both(new)), model.places(both(new))
     finally:
         if use_cache:
             model.clear_cache()

@@ -74,10 +74,11 @@ class DeepSpeedConfig:
 
 @dataclass
 class ModelOptions:
-    dropout: float = 0.1
+    dropout: float = 0.1  # embeddings, residual branches, FFN
+    attn_dropout: float = 0.0  # attention probabilities (LlamaGen: 0)
     class_dropout: float = 0.1
     qk_norm: bool = False
-    rope: str = ""  # "" = automatic (2d for square single-code grids, else 1d)
+    rope: str = ""  # "" = automatic: spatial for Gaussian tuples, 2d for VQ grids, else 1d
 
 
 @dataclass
@@ -100,14 +101,19 @@ class RunConfig:
 
 
 class LossModule(torch.nn.Module):
-    """What DeepSpeed wraps: (labels, tokens) -> loss. Keeps the GPT itself pure."""
+    """What DeepSpeed wraps: (labels, tokens) -> loss. Keeps the GPT itself pure; the
+    last step's per-component losses and accuracies stay in ``last`` ([2, K], detached,
+    on the device) for logging without a device sync."""
 
     def __init__(self, gpt: GPT):
         super().__init__()
         self.gpt = gpt
+        self.last = None
 
     def forward(self, labels, tokens):
-        return self.gpt.loss(labels, tokens)
+        ce, acc = self.gpt.losses(labels, tokens)
+        self.last = torch.stack([ce.detach(), acc])
+        return ce.sum()
 
 
 def _ensure_single_process_env() -> None:
@@ -125,8 +131,9 @@ def build_gpt_config(cfg: RunConfig, manifest: dict) -> GPTConfig:
     m = cfg.model
     return gpt_config(cfg.size, vocab_sizes=manifest["vocab_sizes"],
                       num_tokens=manifest["num_tokens"], num_classes=manifest["num_classes"],
-                      rope=m.rope or None, dropout=m.dropout, class_dropout=m.class_dropout,
-                      qk_norm=m.qk_norm)
+                      rope=m.rope or None, dropout=m.dropout, attn_dropout=m.attn_dropout,
+                      class_dropout=m.class_dropout, qk_norm=m.qk_norm,
+                      layout=manifest.get("token_layout"))
 
 
 class Trainer:
@@ -165,8 +172,9 @@ class Trainer:
             "steps_per_print": 10**12,
             "wall_clock_breakdown": False,
         }
+        self.loss_module = LossModule(self.gpt)
         self.engine, _, _, self.schedule = deepspeed.initialize(
-            model=LossModule(self.gpt), optimizer=optimizer, lr_scheduler=schedule,
+            model=self.loss_module, optimizer=optimizer, lr_scheduler=schedule,
             config=ds_config)
         self.device = self.engine.device
         self.ema = None
@@ -177,6 +185,7 @@ class Trainer:
             self.ema = {n: p.detach().float().clone() for n, p in self.gpt.named_parameters()}
         self.epoch, self.batch_in_epoch = 0, 0
         self.progress = progress and self.rank == 0
+        self.last_log: dict = {}  # the last logged interval's means (loss, per component)
 
     def _lr_lambda(self, step: int) -> float:
         o = self.cfg.optim
@@ -254,7 +263,7 @@ class Trainer:
                 "tokenizer": self.manifest.get("tokenizer", {}),
                 "tokens": str(Path(self.cfg.data.tokens).resolve()),
                 "image_dir": self.manifest.get("image_dir"), "weights": "ema" if self.ema else
-                "raw", "steps": self.step_num}
+                "raw", "steps": self.step_num, "train_log": self.last_log}
         path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
         return path
 
@@ -280,7 +289,8 @@ class Trainer:
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
             writer = SummaryWriter(str(self.out / "tensorboard"))
-        batches, losses = self.batches(), []
+        batches, sums, count = self.batches(), None, 0
+        names = self.gpt_cfg.names
         self.engine.train()
         while self.step_num < end:
             before = self.step_num
@@ -288,18 +298,28 @@ class Trainer:
             loss = self.engine(labels, tokens)
             self.engine.backward(loss)
             self.engine.step()
-            losses.append(float(loss.detach()))
+            last = self.loss_module.last  # [2, K]: losses and accuracies, on the device
+            sums, count = (last if sums is None else sums + last), count + 1
             if self.step_num == before:
                 continue  # accumulating: not an optimizer step yet
             self._update_ema()
             bar.update(1)
             if self.step_num % self.cfg.log_every == 0 or self.step_num == end:
-                mean = sum(losses) / len(losses)
-                bar.set_postfix(loss=f"{mean:.4f}")
+                mean = (sums / count).tolist()  # the one device sync per log interval
+                total = sum(mean[0])
+                parts = {n: f"{v:.3f}" for n, v in zip(names, mean[0], strict=True)}
+                bar.set_postfix(loss=f"{total:.4f}", **parts if len(names) > 1 else {})
                 if writer is not None:
-                    writer.add_scalar("loss/train", mean, self.step_num)
+                    writer.add_scalar("loss/train", total, self.step_num)
+                    for n, ce, acc in zip(names, mean[0], mean[1], strict=True):
+                        writer.add_scalar(f"loss/train_{n}", ce, self.step_num)
+                        writer.add_scalar(f"accuracy/train_{n}", acc, self.step_num)
                     writer.add_scalar("lr", self.schedule.get_last_lr()[0], self.step_num)
-                losses = []
+                self.last_log = {"step": self.step_num, "loss": total,
+                                 **{f"loss_{n}": v for n, v in zip(names, mean[0], strict=True)},
+                                 **{f"accuracy_{n}": v for n, v in zip(names, mean[1],
+                                                                       strict=True)}}
+                sums, count = None, 0
             if self.step_num % self.cfg.ckpt_every == 0 or self.step_num == end:
                 self.save()
         bar.close()

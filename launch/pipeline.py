@@ -214,6 +214,7 @@ class Pipeline:
         write_token_shards(model.encode, self.out / "data" / "train", self.out / "codes",
                            image_size=model.cfg.image_size, vocab_sizes=model.vocab_sizes,
                            tokenizer={"path": info["path"], "sha1": info["sha1"]},
+                           layout=model.token_layout,
                            views=self.cfg.codes.views, batch_size=self.cfg.codes.batch_size,
                            rank=self.rank, world_size=self.world, progress=self.progress)
         _barrier()

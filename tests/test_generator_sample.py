@@ -33,7 +33,8 @@ def chain(tmp_path_factory):
     model, info = load_tokenizer(root / "tok.safetensors")
     write_token_shards(model.encode, images, root / "tokens", image_size=32,
                        vocab_sizes=model.vocab_sizes, views="flip", progress=False,
-                       tokenizer={"path": info["path"], "sha1": info["sha1"]})
+                       tokenizer={"path": info["path"], "sha1": info["sha1"]},
+                       layout=model.token_layout)
     finalize_token_shards(images, root / "tokens")
     gpt = GPTTrainer(gpt_config(None, [f"data.tokens={root / 'tokens'}", "data.batch_size=8",
                                        "steps=2", f"out={root / 'gpt'}"]), progress=False)

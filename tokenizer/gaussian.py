@@ -113,6 +113,13 @@ class GaussianTokenizer(nn.Module):
 
     tuple_names = TUPLE
 
+    @property
+    def token_layout(self) -> dict:
+        """What the generator needs to know of a tuple: component names, which one is the
+        position token and its raster (token = row * grid + column, sorted ascending)."""
+        return {"components": list(TUPLE), "position_component": TUPLE.index("position"),
+                "position_grid": self.cfg.gaussian.position_bins}
+
     def _scale_range(self):
         g = self.cfg.gaussian
         return math.log(g.scale_min), math.log(g.scale_max)

@@ -50,6 +50,11 @@ class VQTokenizer(nn.Module):
         return [self.cfg.quantizer.codebook_size]
 
     @property
+    def token_layout(self) -> dict:
+        """One code per cell of a grid x grid raster, in raster order."""
+        return {"components": ["code"], "position_component": -1, "grid": self.cfg.grid}
+
+    @property
     def num_tokens(self) -> int:
         return self.cfg.grid**2
 
