@@ -34,6 +34,12 @@ def test_a_few_deepspeed_steps_lower_the_loss(tmp_path, tokens):
         trainer.engine.backward(loss)
         trainer.engine.step()
         losses.append(float(loss))
+        per_component = trainer.loss_module.last  # [2, K]: cross-entropies, accuracies
+        assert float(per_component[0].sum()) == pytest.approx(losses[-1], rel=1e-6)
+        assert ((per_component[1] >= 0) & (per_component[1] <= 1)).all()
+        if len(losses) == 1:  # zero-initialised heads: each component uniform, log V_k
+            assert per_component[0].tolist() == pytest.approx([math.log(8), math.log(6)],
+                                                              rel=1e-5)
     uniform = math.log(8) + math.log(6)
     assert losses[0] == pytest.approx(uniform, rel=0.02)  # zero-initialised heads
     assert sum(losses[-5:]) / 5 < 0.6 * uniform
@@ -60,6 +66,9 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, tokens):
     path = resumed.export()
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["tokenizer"] == {"name": "synthetic"} and meta["weights"] == "ema"
+    log = meta["train_log"]  # the last interval's means, per component (no layout: c0, c1)
+    assert log["step"] == 6 and set(log) >= {"loss_c0", "loss_c1", "accuracy_c0", "accuracy_c1"}
+    assert log["loss"] == pytest.approx(log["loss_c0"] + log["loss_c1"], rel=1e-6)
 
 
 def test_errors_are_one_line(tmp_path, capsys):
