@@ -77,6 +77,15 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def merge_tables(base: dict, over: dict) -> dict:
+    """``over`` laid over ``base``, recursively (sub-tables merged, other values replaced)."""
+    out = dict(base)
+    for k, v in over.items():
+        both = isinstance(v, dict) and isinstance(out.get(k), dict)
+        out[k] = merge_tables(out[k], v) if both else v
+    return out
+
+
 def load(cls, path: Path | str | None = None, overrides: list[str] | None = None):
     data = {}
     if path is not None:

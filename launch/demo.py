@@ -1,53 +1,145 @@
-"""The offline demo: every stage on the built-in mnist, then runs/demo/report.md.
+"""The offline demo: GaussianToken + GPT against VQ + GPT on the built-in mnist, every
+stage of both pipelines at the same token count, GPT size and budget, then
+runs/demo/report.md with both side by side.
 
-    bash launch/demo.sh                 # set-up + this; re-run it to resume
-    python -m launch.demo --config launch/configs/demo.toml [--set gpt.steps=500]
+    bash launch/demo.sh                                    # set-up + this; re-run to resume
+    python -m launch.demo --config launch/configs/demo.toml [--set base.gpt.steps=500]
+    python -m launch.demo --ablations                      # + one-change ablation rows
+
+Layout under ``out``: data/ (one data stage shared by every run), one pipeline folder
+per name in ``pipelines`` (data -> tokenizer -> codes -> gpt -> sample -> eval, see
+launch/pipeline.py), and, with --ablations, one folder per ablation, which reuses
+every stage of its pipeline up to the first one its change touches. Re-running skips
+finished stages and resumes unfinished ones.
 """
 
 import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from launch import config as configlib
 from launch.pipeline import STAGES, Pipeline, StageError, load_pipeline_config
-from launch.report import write_report
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.toml"
+SECTIONS = {"data": "data", "tokenizer": "tokenizer", "codes": "codes", "gpt": "gpt",
+            "sample": "sample", "eval": "eval"}  # the pipeline table each stage reads
+
+
+@dataclass
+class DemoConfig:
+    out: str = "runs/demo"
+    base: dict = field(default_factory=dict)  # a pipeline table shared by every run
+    pipelines: dict = field(default_factory=dict)  # name -> table laid over base
+    ablations: dict = field(default_factory=dict)  # name -> {of = pipeline, note, changes}
+
+    def __post_init__(self):
+        if not self.pipelines:
+            raise ValueError("the demo config names no pipelines")
+        for name, a in self.ablations.items():
+            if a.get("of") not in self.pipelines:
+                raise ValueError(f"ablation {name!r}: 'of' must name one of the pipelines "
+                                 f"{sorted(self.pipelines)}, got {a.get('of')!r}")
+        clash = set(self.ablations) & set(self.pipelines) | \
+            {"data"} & (set(self.ablations) | set(self.pipelines))
+        if clash:
+            raise ValueError(f"run names must be unique and not 'data': {sorted(clash)}")
+
+
+def pipeline_table(cfg: DemoConfig, name: str) -> dict:
+    table = configlib.merge_tables(cfg.base, cfg.pipelines[name])
+    return configlib.merge_tables(table, {"out": str(Path(cfg.out) / name),
+                                          "reuse": {"data": str(Path(cfg.out) / "data")}})
+
+
+def ablation_table(cfg: DemoConfig, name: str) -> dict:
+    """The parent pipeline's table with the ablation's changes; every stage before the
+    first changed section is reused from the parent's folders."""
+    spec = dict(cfg.ablations[name])
+    parent_name = spec.pop("of")
+    spec.pop("note", None)
+    parent = pipeline_table(cfg, parent_name)
+    table = configlib.merge_tables(parent, spec)
+    reuse = {"data": parent["reuse"]["data"]}
+    for stage in STAGES[1:]:
+        section = SECTIONS[stage]
+        if table.get(section) != parent.get(section):
+            break
+        reuse[stage] = str(Path(parent["out"]) / stage)
+    table["out"], table["reuse"] = str(Path(cfg.out) / name), reuse
+    return table
+
+
+def resolve(table: dict, where: Path):
+    """A PipelineConfig from a table, through a TOML file (the one config mechanism)."""
+    where.parent.mkdir(parents=True, exist_ok=True)
+    where.write_text(configlib.dumps_table(table))
+    return load_pipeline_config(where)
+
+
+def run_one(name: str, pcfg, progress: bool) -> dict:
+    """Every stage of one run, timed; the first full measurement of a stage is kept."""
+    out = Path(pcfg.out)
+    pipeline = Pipeline(pcfg, progress=progress)
+    timings_path = out / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    for stage in STAGES:
+        if stage in pcfg.reuse and stage != "data":
+            continue  # another run's stage: timed there
+        start = time.perf_counter()
+        pipeline.log(f"[{name}]")
+        pipeline.run([stage])
+        if stage not in timings:
+            timings[stage] = time.perf_counter() - start
+            timings_path.write_text(json.dumps(timings, indent=1))
+    return {stage: pipeline.dir(stage) for stage in STAGES}, timings
 
 
 def main(argv=None) -> int:
+    from launch.report import write_demo_report
+
     parser = argparse.ArgumentParser(prog="python -m launch.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="pipeline config")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="demo config")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value (repeatable)")
-    parser.add_argument("--quiet", action="store_true")
+                        help="override a config value, e.g. --set base.gpt.steps=500 "
+                             "(repeatable)")
+    parser.add_argument("--ablations", action="store_true",
+                        help="also run the config's ablations (each reuses its pipeline's "
+                             "finished stages) and add their rows to the report")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
     try:
-        cfg = load_pipeline_config(args.config, args.set)
+        cfg = configlib.load(DemoConfig, args.config, args.set)
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "pipeline.toml").write_text(configlib.dumps(cfg))
-        pipeline = Pipeline(cfg, progress=not args.quiet)
-        timings_path = out / "timings.json"
-        timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-        for stage in STAGES:
-            start = time.perf_counter()
-            pipeline.run([stage])
-            if stage not in timings:  # a resumed run keeps the first full measurement
-                timings[stage] = time.perf_counter() - start
-                timings_path.write_text(json.dumps(timings, indent=1))
-        pipeline.log("report: reconstructions, FID floor, classifier")
+        (out / "demo.toml").write_text(configlib.dumps(cfg))
+        dirs, timings = {}, {}
+        for name in cfg.pipelines:
+            pcfg = resolve(pipeline_table(cfg, name), out / name / "pipeline.toml")
+            dirs[name], timings[name] = run_one(name, pcfg, not args.quiet)
+        abl_dirs, notes = {}, {}
+        for name in cfg.ablations if args.ablations else []:
+            pcfg = resolve(ablation_table(cfg, name), out / name / "pipeline.toml")
+            abl_dirs[name], timings[name] = run_one(name, pcfg, not args.quiet)
+            notes[name] = cfg.ablations[name].get("note", "")
+        if not args.quiet:
+            print(f"[{time.strftime('%H:%M:%S')}] report: tokenizer metrics, FID floor, "
+                  "classifier", flush=True)
         start = time.perf_counter()
-        report = write_report(out, timings)
-        timings["report"] = time.perf_counter() - start
+        report = write_demo_report(out, dirs, abl_dirs, out / "data", timings, notes)
     except (StageError, configlib.ConfigError, ValueError, FileNotFoundError) as err:
         print(f"launch.demo: {err}", file=sys.stderr)
         return 2
     summary = json.loads((out / "report.json").read_text())
-    print(f"\nreport: {report}\n" + "\n".join(f"  {k}: {v:.3f}" for k, v in summary.items()))
+    print(f"\nreport: {report} (written in {time.perf_counter() - start:.0f} s)")
+    print(f"  FID floor: {summary['fid_floor']:.2f}")
+    for name in [*dirs, *abl_dirs]:
+        s = summary[name]
+        print(f"  {name}: FID {s.get('fid', float('nan')):.2f}, class accuracy "
+              f"{100 * s['accuracy_generated']:.1f}%")
     return 0
 
 

@@ -12,6 +12,8 @@ Every stage reads the previous stage's folder under ``out`` and writes its own:
   gpt/                       DeepSpeed run; gpt.safetensors + gpt.json (generator.train)
   sample/                    grid.png and samples.npz (generator.sample[_fid])
   eval/                      result.json, leaderboard.md (eval.fid, eval.leaderboard)
+``reuse`` points stages at other folders (e.g. ``reuse = {data = "runs/demo/data"}``:
+several pipelines share one data stage; an ablation reuses its parent's tokenizer).
 Each writes ``stage.json`` (its resolved config and its inputs' fingerprints) when it
 finishes; a finished stage with the same config is skipped, one with another config
 or made from other inputs is refused with a message. Inside a stage every tool
@@ -58,7 +60,9 @@ class SampleStage:
     grid_classes: str = ""  # "" = every class (up to 20)
     fid_num: int = 0  # 0 = as many as held-out images
     cfg: float = 2.0
-    schedule: str = "constant"
+    schedule: str = "constant"  # or "linear" (1 at the first tuple, cfg at the last)
+    guide: str = "all"  # tuple components guidance applies to ("all", "code", ...)
+    order: str = "auto"  # order constraint on position tokens: auto, on, off
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -82,6 +86,13 @@ class PipelineConfig:
     gpt: dict = field(default_factory=dict)  # a generator.train config table
     sample: SampleStage = field(default_factory=SampleStage)
     eval: EvalStage = field(default_factory=EvalStage)
+    reuse: dict = field(default_factory=dict)  # stage -> folder used instead of out/stage
+
+    def __post_init__(self):
+        unknown = set(self.reuse) - set(STAGES)
+        if unknown:
+            raise ValueError(f"reuse names unknown stages {sorted(unknown)}; choose from "
+                             f"{STAGES}")
 
 
 class StageError(RuntimeError):
@@ -109,8 +120,12 @@ class Pipeline:
             print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
     # ---- stage bookkeeping -------------------------------------------------------------
+    def dir(self, stage: str) -> Path:
+        """The folder of a stage: out/stage, or the one ``reuse`` names."""
+        return Path(self.cfg.reuse[stage]) if stage in self.cfg.reuse else self.out / stage
+
     def _marker(self, stage: str) -> Path:
-        return self.out / stage / "stage.json"
+        return self.dir(stage) / "stage.json"
 
     def done(self, stage: str, record: dict) -> bool:
         marker = self._marker(stage)
@@ -132,7 +147,7 @@ class Pipeline:
     def require(self, stage: str) -> dict:
         marker = self._marker(stage)
         if not marker.exists():
-            raise StageError(f"stage '{stage}' has not finished in {self.out / stage}; run it "
+            raise StageError(f"stage '{stage}' has not finished in {self.dir(stage)}; run it "
                              "first (--stages " + stage + ")")
         return json.loads(marker.read_text())
 
@@ -154,7 +169,7 @@ class Pipeline:
                     continue
                 source = f"builtin:{d.builtin}/{split}" if d.builtin else str(Path(src).resolve())
                 self.log(f"data: {split} shards from {source}")
-                build_shards(self.out / "data" / split,
+                build_shards(self.dir("data") / split,
                              BuildSettings(source, d.size, d.crop, fmt, d.shard_size),
                              builtin_name=d.builtin or None, split=split,
                              src=src or None, workers=d.workers, progress=self.progress)
@@ -166,9 +181,9 @@ class Pipeline:
         from tokenizer.train import resolve_config
 
         table = dict(self.cfg.tokenizer)
-        overrides = [f"data.shards={self.out / 'data' / 'train'}",
-                     f"out={self.out / 'tokenizer'}"]
-        path = self.out / "tokenizer" / "requested.toml"
+        overrides = [f"data.shards={self.dir('data') / 'train'}",
+                     f"out={self.dir('tokenizer')}"]
+        path = self.dir("tokenizer") / "requested.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(configlib.dumps_table(table))
         return resolve_config(path, overrides)
@@ -185,8 +200,8 @@ class Pipeline:
         self.log(f"tokenizer: training {cfg.size} for {cfg.steps} steps (resumable)")
         Trainer(cfg, progress=self.progress).run()
         if self.rank == 0:
-            export = self.out / "tokenizer" / "tokenizer.safetensors"
-            export_weights(self.out / "tokenizer" / "checkpoints" / "last.pt", export)
+            export = self.dir("tokenizer") / "tokenizer.safetensors"
+            export_weights(self.dir("tokenizer") / "checkpoints" / "last.pt", export)
             record["export_sha1"] = load_tokenizer(export)[1]["sha1"]
             self.finish("tokenizer", record)
         _barrier()
@@ -197,7 +212,7 @@ class Pipeline:
         from tokenizer.registry import load_tokenizer
 
         tok = self.require("tokenizer")
-        export = self.out / "tokenizer" / "tokenizer.safetensors"
+        export = self.dir("tokenizer") / "tokenizer.safetensors"
         model, info = load_tokenizer(export)
         if info["sha1"] != tok["export_sha1"]:
             raise StageError(f"{export} changed since the tokenizer stage finished "
@@ -206,12 +221,12 @@ class Pipeline:
         if self.done("codes", record):
             return self.log("codes: done")
         from data.builtin import mirror_refusal
-        refusal = mirror_refusal(self.out / "data" / "train")
+        refusal = mirror_refusal(self.dir("data") / "train")
         if refusal and self.cfg.codes.views != "center":
             raise StageError(f"codes.views {self.cfg.codes.views!r} mirrors images but "
                              f"{refusal}: set codes.views = \"center\"")
         self.log(f"codes: tokenizing data/train with {self.cfg.codes.views} views")
-        write_token_shards(model.encode, self.out / "data" / "train", self.out / "codes",
+        write_token_shards(model.encode, self.dir("data") / "train", self.dir("codes"),
                            image_size=model.cfg.image_size, vocab_sizes=model.vocab_sizes,
                            tokenizer={"path": info["path"], "sha1": info["sha1"]},
                            layout=model.token_layout,
@@ -219,18 +234,18 @@ class Pipeline:
                            rank=self.rank, world_size=self.world, progress=self.progress)
         _barrier()
         if self.rank == 0:
-            finalize_token_shards(self.out / "data" / "train", self.out / "codes")
+            finalize_token_shards(self.dir("data") / "train", self.dir("codes"))
             self.finish("codes", record)
 
     # ---- 3: gpt ----------------------------------------------------------------------
     def gpt_config(self):
         from generator.train import resolve_config
 
-        path = self.out / "gpt" / "requested.toml"
+        path = self.dir("gpt") / "requested.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(configlib.dumps_table(dict(self.cfg.gpt)))
-        return resolve_config(path, [f"data.tokens={self.out / 'codes'}",
-                                     f"out={self.out / 'gpt'}"])
+        return resolve_config(path, [f"data.tokens={self.dir('codes')}",
+                                     f"out={self.dir('gpt')}"])
 
     def stage_gpt(self) -> None:
         from data.stream import read_manifest
@@ -238,12 +253,12 @@ class Pipeline:
         from generator.train import Trainer
 
         codes = self.require("codes")
-        manifest = read_manifest(self.out / "codes", FORMAT_TAG)
+        manifest = read_manifest(self.dir("codes"), FORMAT_TAG)
         tok = self.require("tokenizer")
         if manifest["tokenizer"].get("sha1") != tok["export_sha1"]:
-            raise StageError(f"the token shards in {self.out / 'codes'} come from another "
+            raise StageError(f"the token shards in {self.dir('codes')} come from another "
                              f"tokenizer (sha1 {manifest['tokenizer'].get('sha1', '?')[:12]}) "
-                             f"than {self.out / 'tokenizer'} ({tok['export_sha1'][:12]})")
+                             f"than {self.dir('tokenizer')} ({tok['export_sha1'][:12]})")
         cfg = self.gpt_config()
         record = {"config": configlib.to_dict(cfg), "inputs": {"codes": codes}}
         if self.done("gpt", record):
@@ -267,10 +282,11 @@ class Pipeline:
         record = {"config": configlib.to_dict(s), "num": num, "inputs": {"gpt": gpt}}
         if self.done("sample", record):
             return self.log("sample: done")
-        out = self.out / "sample"
+        out = self.dir("sample")
         out.mkdir(parents=True, exist_ok=True)
-        ckpt = str(self.out / "gpt" / "gpt.safetensors")
-        common = ["--cfg", str(s.cfg), "--schedule", s.schedule, "--temperature",
+        ckpt = str(self.dir("gpt") / "gpt.safetensors")
+        common = ["--cfg", str(s.cfg), "--schedule", s.schedule, "--guide", s.guide,
+                  "--order", s.order, "--temperature",
                   str(s.temperature), "--top-k", str(s.top_k), "--top-p", str(s.top_p),
                   "--seed", str(s.seed), "--batch-size", str(s.batch_size)]
         if self.rank == 0:
@@ -290,7 +306,7 @@ class Pipeline:
         self.finish("sample", record)
 
     def _heldout_count(self) -> int:
-        manifest = self.out / "data" / "heldout" / "manifest.json"
+        manifest = self.dir("data") / "heldout" / "manifest.json"
         return json.loads(manifest.read_text())["total"] if manifest.exists() else 10000
 
     # ---- 5: eval ----------------------------------------------------------------------
@@ -299,16 +315,16 @@ class Pipeline:
 
         samples = self.require("sample")
         e = self.cfg.eval
-        ref = e.ref or str(self.out / "data" / "heldout")
+        ref = e.ref or str(self.dir("data") / "heldout")
         record = {"config": configlib.to_dict(e), "ref": ref, "inputs": {"sample": samples}}
         if self.done("eval", record):
             return self.log("eval: done")
         if self.rank != 0:
             return
-        out = self.out / "eval"
+        out = self.dir("eval")
         out.mkdir(parents=True, exist_ok=True)
         self.log(f"eval: {e.metrics} of samples against {ref}")
-        args = [str(self.out / "sample" / "samples.npz"), ref, "--metrics", e.metrics,
+        args = [str(self.dir("sample") / "samples.npz"), ref, "--metrics", e.metrics,
                 "--json", str(out / "result.json")] + ([] if self.progress else ["--quiet"])
         if fid.main(args) != 0:
             raise StageError("evaluation failed (see the message above)")

@@ -1,10 +1,12 @@
-"""The demo's report: pictures and numbers of a finished pipeline run, as markdown.
+"""The demo's report: both pipelines (and any ablations) side by side, as markdown.
 
-Numbers: tokenizer PSNR / SSIM / LPIPS on held-out images; FID of generated vs
-held-out real images beside the floor (a same-size subset of the training images vs
-the held-out ones: what a perfect generator would score with this few images); the
-class accuracy of generated samples by a classifier trained on real training images,
-beside that classifier's own held-out accuracy.
+Numbers per pipeline: tokenizer PSNR / SSIM / LPIPS on the held-out images, tokens
+and bits per image; FID (and sFID, precision, recall) of generated vs held-out real
+images beside the floor (a same-size subset of the training images vs the held-out
+ones: what a perfect generator would score with this few images); the class accuracy
+of generated samples by a classifier trained on real training images, beside that
+classifier's accuracy on held-out real images and on the tokenizer's reconstructions
+of them (the generator's ceiling); the GPT's last per-component training losses.
 """
 
 import json
@@ -26,13 +28,16 @@ def _classifier_features(images: np.ndarray) -> np.ndarray:
         n, CLASSIFIER_SIDE, k, CLASSIFIER_SIDE, k).mean((2, 4)).reshape(n, -1)
 
 
-def class_accuracy(train, **sets) -> dict:
-    """SVM on real training images; its accuracy on each named (images, labels) set."""
-    from sklearn.svm import SVC
+class Classifier:
+    """RBF SVM on 8x8 average-pooled grey real training images."""
 
-    clf = SVC(gamma="scale", C=10.0).fit(_classifier_features(train[0]), train[1])
-    return {name: float((clf.predict(_classifier_features(images)) == labels).mean())
-            for name, (images, labels) in sets.items()}
+    def __init__(self, train: tuple[np.ndarray, np.ndarray]):
+        from sklearn.svm import SVC
+
+        self.svm = SVC(gamma="scale", C=10.0).fit(_classifier_features(train[0]), train[1])
+
+    def accuracy(self, images: np.ndarray, labels: np.ndarray) -> float:
+        return float((self.svm.predict(_classifier_features(images)) == labels).mean())
 
 
 def fid_floor(train_images: np.ndarray, heldout_dir: Path, n: int, seed: int = 0) -> float:
@@ -51,91 +56,191 @@ def fid_floor(train_images: np.ndarray, heldout_dir: Path, n: int, seed: int = 0
                             reference.stats["sigma"])
 
 
-def tokenizer_pictures(out: Path, heldout: tuple[np.ndarray, np.ndarray]) -> dict:
+def _cached(path: Path, key: str, compute):
+    """compute() once per key, kept in a JSON file beside the run."""
+    if path.exists():
+        found = json.loads(path.read_text())
+        if found.get("key") == key:
+            return found["value"]
+    value = compute()
+    path.write_text(json.dumps({"key": key, "value": value}, indent=1) + "\n")
+    return value
+
+
+def tokenizer_numbers(run: Path, tok_dir: Path, data_dir: Path, heldout,
+                      classifier: Classifier) -> dict:
+    """Held-out reconstruction metrics, the picture, and the classifier on reconstructions."""
     from eval.lpips import LPIPS
     from eval.weights import resolve_vgg16
     from tokenizer.evaluate import evaluate
     from tokenizer.registry import load_tokenizer
     from tokenizer.visualize import reconstruction_sheet, to_uint8
 
-    model, _ = load_tokenizer(out / "tokenizer" / "tokenizer.safetensors")
-    pick = [int(np.flatnonzero(heldout[1] == c)[0]) for c in np.unique(heldout[1])][:10]
-    images = torch.from_numpy(heldout[0][pick]).permute(0, 3, 1, 2).float() / 127.5 - 1
-    reconstruction_sheet(model, images, zoom=3).save(out / "report-tokenizer.png")
-    report = evaluate(model, out / "data" / "heldout", lpips=LPIPS(resolve_vgg16()),
-                      progress=False)
-    recon = []
-    with torch.no_grad():
-        for i in range(0, len(heldout[0]), 128):
-            x = torch.from_numpy(heldout[0][i:i + 128]).permute(0, 3, 1, 2).float() / 127.5 - 1
-            recon.append(to_uint8(model(x)[0]))
-    return report["results"], np.concatenate(recon)
+    model, info = load_tokenizer(tok_dir / "tokenizer.safetensors")
+
+    def compute():
+        pick = [int(np.flatnonzero(heldout[1] == c)[0]) for c in np.unique(heldout[1])][:10]
+        images = torch.from_numpy(heldout[0][pick]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        reconstruction_sheet(model, images, zoom=3).save(run / "report-tokenizer.png")
+        report = evaluate(model, data_dir / "heldout", lpips=LPIPS(resolve_vgg16()),
+                          progress=False)
+        recon = []
+        with torch.no_grad():
+            for i in range(0, len(heldout[0]), 128):
+                x = torch.from_numpy(heldout[0][i:i + 128]).permute(0, 3, 1, 2).float() \
+                    / 127.5 - 1
+                recon.append(to_uint8(model(x)[0]))
+        q = report["results"]["tokens"]["metrics"]
+        cont = report["results"].get("continuous geometry", {}).get("metrics", {})
+        return {"psnr": q["psnr"], "ssim": q["ssim"], "lpips": q["lpips"],
+                "codebook_usage": q["codebook_usage"], "psnr_continuous": cont.get("psnr"),
+                "num_tokens": model.num_tokens, "vocab_sizes": model.vocab_sizes,
+                "bits_per_image": report["bits_per_image"],
+                "accuracy_reconstructed": classifier.accuracy(np.concatenate(recon), heldout[1])}
+
+    return _cached(run / "report-tokenizer.json", info["sha1"], compute)
 
 
-def write_report(out: Path, timings: dict | None = None) -> Path:
-    out = Path(out)
-    train = load_shard_images(out / "data" / "train")
-    heldout = load_shard_images(out / "data" / "heldout")
-    with np.load(out / "sample" / "samples.npz") as f:
-        generated = (f["arr_0"], f["arr_1"])
-    recon, recon_images = tokenizer_pictures(out, heldout)
-    result = json.loads((out / "eval" / "result.json").read_text())
-    floor = fid_floor(train[0], out / "data" / "heldout", len(generated[0]))
-    acc = class_accuracy(train, heldout_real=heldout, reconstructed=(recon_images, heldout[1]),
-                         generated=generated)
-    q = recon["tokens"]["metrics"]
-    cont = recon.get("continuous geometry", {}).get("metrics", {})
-    tok_cfg = json.loads((out / "tokenizer" / "stage.json").read_text())["config"]
-    gpt_cfg = json.loads((out / "gpt" / "stage.json").read_text())["config"]
-    source = json.loads((out / "data" / "train" / "build.json").read_text())["source"]
+def generation_numbers(run: Path, gpt_dir: Path, sample_dir: Path, eval_dir: Path,
+                       classifier: Classifier) -> dict:
+    with np.load(sample_dir / "samples.npz") as f:
+        images, labels = f["arr_0"], f["arr_1"]
+    metrics = json.loads((eval_dir / "result.json").read_text())
+    gpt_meta = json.loads((gpt_dir / "gpt.json").read_text())
+    sample_cfg = json.loads((sample_dir / "stage.json").read_text())["config"]
+    return {**{k: v for k, v in metrics["metrics"].items()}, "num_generated": len(images),
+            "accuracy_generated": classifier.accuracy(images, labels),
+            "train_log": gpt_meta.get("train_log", {}), "rope": gpt_meta["gpt"]["rope"],
+            "positions": gpt_meta["gpt"].get("position_component", -1) >= 0,
+            "sample": sample_cfg, "weights": metrics["weights"], "resize": metrics["resize"]}
+
+
+def _f(value, fmt=".2f", scale=1.0, suffix=""):
+    return "–" if value is None else f"{scale * value:{fmt}}{suffix}"
+
+
+def _gen_cells(g: dict, floor: float) -> list[str]:
+    return [_f(g.get("fid")), f"{g['fid'] / floor:.2f}x" if g.get("fid") else "–",
+            _f(g.get("sfid")), _f(g.get("prec"), ".3f"), _f(g.get("recall"), ".3f"),
+            _f(g["accuracy_generated"], ".1f", 100, "%")]
+
+
+def _sampling(s: dict, has_positions: bool) -> str:
+    on = s["order"] == "on" or (s["order"] == "auto" and has_positions)
+    order = ("order on" if on else "order off") if has_positions else "no positions"
+    sched = "" if s["schedule"] == "constant" else f" {s['schedule']}"
+    return f"cfg {s['cfg']:g}{sched} on {s['guide']}, {order}"
+
+
+def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Path,
+                      timings: dict, notes: dict | None = None) -> Path:
+    """runs/demo/report.md from finished pipeline folders.
+
+    pipelines / ablations: name -> {stage: folder} of finished runs (ablations may be
+    empty); timings: name -> {stage: seconds}.
+    """
+    out, notes = Path(out), notes or {}
+    train = load_shard_images(data_dir / "train")
+    heldout = load_shard_images(data_dir / "heldout")
+    classifier = Classifier(train)
+    rows = {}
+    for name, dirs in {**pipelines, **ablations}.items():
+        rows[name] = generation_numbers(out / name, dirs["gpt"], dirs["sample"], dirs["eval"],
+                                        classifier)
+    n = next(iter(rows.values()))["num_generated"]
+    floor = _cached(out / "floor.json", f"{n}", lambda: fid_floor(train[0], data_dir /
+                                                                  "heldout", n))
+    toks = {name: tokenizer_numbers(out / name, dirs["tokenizer"], data_dir, heldout,
+                                  classifier)
+            for name, dirs in pipelines.items()}
+    names = list(pipelines)
+    source = json.loads((data_dir / "train" / "build.json").read_text())["source"]
+    first = json.loads((pipelines[names[0]]["gpt"] / "stage.json").read_text())["config"]
+    tok_steps = {k: json.loads((d["tokenizer"] / "stage.json").read_text())["config"]["steps"]
+                 for k, d in pipelines.items()}
     lines = [
         f"# Demo report: {out}",
         "",
         f"Data `{source.removesuffix('/train')}`: {len(train[0])} training and "
-        f"{len(heldout[0])} held-out images "
-        f"({train[0].shape[1]} px). Tokenizer `{tok_cfg['size']}`, {tok_cfg['steps']} steps; "
-        f"GPT-{gpt_cfg['size']}, {gpt_cfg['steps']} steps (DeepSpeed, one CPU process).",
+        f"{len(heldout[0])} held-out images ({train[0].shape[1]} px). Every pipeline has "
+        f"the same token count, the same GPT-{first['size']} ({first['steps']} steps, batch "
+        f"{first['data']['batch_size']}, DeepSpeed in one CPU process) and the same "
+        f"sampling budget; tokenizers trained {', '.join(f'{k} {v}' for k, v in tok_steps.items())} "
+        "steps.",
         "",
-        "## Tokenizer: held-out inputs, reconstructions, and the Gaussians over the inputs",
+        "## Pipelines side by side",
         "",
-        "![tokenizer](report-tokenizer.png)",
-        "",
-        "## Generated samples, one row per class",
-        "",
-        "![samples](sample/grid.png)",
-        "",
-        "## Numbers",
-        "",
-        "| measure | value |",
-        "|---|---|",
-        f"| tokenizer PSNR (held-out, the tokens) | {q['psnr']:.2f} dB |",
-        f"| tokenizer SSIM | {q['ssim']:.3f} |",
-        f"| tokenizer LPIPS-VGG | {q['lpips']:.3f} |",
+        "| measure | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
     ]
-    if cont:
-        lines.append(f"| tokenizer PSNR with continuous geometry | {cont['psnr']:.2f} dB |")
+
+    def row(label, cells):
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    row("tokens per image (components)", [
+        f"{toks[k]['num_tokens']} ({' x '.join(str(v) for v in toks[k]['vocab_sizes'])})"
+        for k in names])
+    row("bits per image", [f"{toks[k]['bits_per_image']:.0f}" for k in names])
+    row("tokenizer PSNR (held-out, the tokens)", [_f(toks[k]["psnr"], suffix=" dB")
+                                                  for k in names])
+    row("tokenizer SSIM", [_f(toks[k]["ssim"], ".3f") for k in names])
+    row("tokenizer LPIPS-VGG", [_f(toks[k]["lpips"], ".3f") for k in names])
+    row("codebook usage", [_f(toks[k]["codebook_usage"], ".0f", 100, "%") for k in names])
+    row("classifier on reconstructions (the generator's ceiling)",
+        [_f(toks[k]["accuracy_reconstructed"], ".1f", 100, "%") for k in names])
+    row("GPT rotary embedding", [rows[k]["rope"] for k in names])
+    row("GPT last training loss per component (nats)", [
+        ", ".join(f"{c.removeprefix('loss_')} {v:.2f}" for c, v in rows[k]["train_log"].items()
+                  if c.startswith("loss_")) or "–" for k in names])
+    row("sampling", [_sampling(rows[k]["sample"], rows[k]["positions"]) for k in names])
+    row(f"FID generated ({n}) vs held-out ({len(heldout[0])})", [_f(rows[k].get("fid"))
+                                                                 for k in names])
+    row("FID / floor", [_gen_cells(rows[k], floor)[1] for k in names])
+    row("sFID", [_f(rows[k].get("sfid")) for k in names])
+    row("precision / recall", [f"{_f(rows[k].get('prec'), '.3f')} / "
+                               f"{_f(rows[k].get('recall'), '.3f')}" for k in names])
+    row("class accuracy of generated samples",
+        [_f(rows[k]["accuracy_generated"], ".1f", 100, "%") for k in names])
+    row("time, all stages", [f"{sum(timings.get(k, {}).values()) / 60:.1f} min"
+                             for k in names])
     lines += [
-        f"| tokenizer codebook usage | {100 * q['codebook_usage']:.0f}% |",
-        f"| FID generated vs held-out real ({len(generated[0])} vs {len(heldout[0])}) "
-        f"| {result['metrics']['fid']:.2f} |",
-        f"| FID floor: training real vs held-out real (same sizes) | {floor:.2f} |",
-        f"| class accuracy of generated samples | {100 * acc['generated']:.1f}% |",
-        f"| the classifier's accuracy on held-out real images | "
-        f"{100 * acc['heldout_real']:.1f}% |",
-        f"| ... on the tokenizer's reconstructions of them (the generator's ceiling) | "
-        f"{100 * acc['reconstructed']:.1f}% |",
         "",
-        f"FID weights: {result['weights']['source']} (sha1 {result['weights']['sha1'][:12]}), "
-        f"resize {result['resize']}. The classifier is an RBF SVM on 8x8 average-pooled grey "
-        "images, trained on the training split. FID with a few hundred images is dominated "
-        "by its small-sample bias: compare it with the floor, not with ImageNet numbers.",
+        f"FID floor (training real vs held-out real, {n} vs {len(heldout[0])}): "
+        f"**{floor:.2f}**. The classifier (an RBF SVM on 8x8 average-pooled grey images, "
+        f"trained on the training split) reads {100 * classifier.accuracy(*heldout):.1f}% "
+        "of the held-out real images. FID with a few hundred images is dominated by its "
+        "small-sample bias: compare it with the floor, not with ImageNet numbers. FID "
+        f"weights: {rows[names[0]]['weights']['source']}, resize {rows[names[0]]['resize']}.",
     ]
-    if timings:
-        lines += ["", "## Time per stage", "", "| stage | seconds |", "|---|---|"]
-        lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
+    if ablations:
+        lines += ["", "## Ablations (each changes one thing of its pipeline; the rest is "
+                  "reused)", "",
+                  "| run | change | FID | / floor | sFID | precision | recall | class acc. |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name in [*names, *ablations]:
+            change = notes.get(name, "as configured") if name in ablations else "(the pipeline)"
+            lines.append(f"| {name} | {change}; {rows[name]['rope']} RoPE, "
+                         f"{_sampling(rows[name]['sample'], rows[name]['positions'])} | "
+                         + " | ".join(_gen_cells(rows[name], floor)) + " |")
+    lines += ["", "## Generated samples, one row per class", "",
+              "| " + " | ".join(names) + " |", "|" + "---|" * len(names),
+              "| " + " | ".join(f"![{k}]({k}/sample/grid.png)" for k in names) + " |",
+              "", "## Tokenizers: held-out inputs, reconstructions (and the Gaussians)", ""]
+    for k in names:
+        lines += [f"**{k}**", "", f"![{k}]({k}/report-tokenizer.png)", ""]
+    lines += ["## Time per stage (seconds; first full run of each stage)", "",
+              "| run | " + " | ".join(["data", "tokenizer", "codes", "gpt", "sample", "eval"])
+              + " | total |", "|---|" + "---|" * 7]
+    for k, t in timings.items():
+        cells = [f"{t[s]:.0f}" if s in t else "–" for s in
+                 ("data", "tokenizer", "codes", "gpt", "sample", "eval")]
+        lines.append(f"| {k} | " + " | ".join(cells) + f" | {sum(t.values()):.0f} |")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
-    summary = {"psnr": q["psnr"], "lpips": q["lpips"], "fid": result["metrics"]["fid"],
-               "fid_floor": floor, **{f"accuracy_{k}": v for k, v in acc.items()}}
+    summary = {"fid_floor": floor, "accuracy_heldout_real": classifier.accuracy(*heldout),
+               **{k: {**{m: v for m, v in rows[k].items() if m in ("fid", "sfid", "prec",
+                                                                      "recall",
+                                                                      "accuracy_generated")},
+                      **({"tokenizer": toks[k]} if k in toks else {})} for k in rows}}
     (out / "report.json").write_text(json.dumps(summary, indent=1) + "\n")
     return path

@@ -92,3 +92,39 @@ def test_changed_config_and_foreign_tokens_are_refused(run, capsys):
     finally:
         manifest_path.write_text(saved)
     assert pipeline.main(["--config", str(config), "--stages", "bogus"]) == 2
+
+
+def test_reused_stages_are_read_not_redone(run):
+    """A second run reusing data..gpt of the first samples with another seed: it trains
+    nothing, writes only its own sample and eval folders, and a changed reused stage is
+    refused rather than redone in the other run's folder."""
+    root, config, _ = run
+    first = root / "out"
+    reuse = [f"reuse.{s}={first / s}" for s in ("data", "tokenizer", "codes", "gpt")]
+    other = root / "other"
+    args = ["--config", str(config), "--quiet", "--set", f"out={other}",
+            "--set", "sample.seed=7", *(x for r in reuse for x in ("--set", r))]
+    assert pipeline.main(args) == 0
+    assert sorted(p.name for p in other.iterdir() if p.is_dir()) == ["eval", "sample"]
+    a = np.load(first / "sample" / "samples.npz")["arr_0"]
+    b = np.load(other / "sample" / "samples.npz")["arr_0"]
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    assert pipeline.main([*args, "--set", "gpt.steps=4"]) == 2  # would retrain the shared GPT
+
+
+def test_demo_ablations_reuse_every_stage_before_their_change(tmp_path):
+    from launch.demo import DemoConfig, ablation_table, pipeline_table
+
+    cfg = DemoConfig(out=str(tmp_path), base={"data": {"builtin": "mnist"}, "gpt": {"steps": 5}},
+                     pipelines={"g": {"tokenizer": {"size": "gaussian-debug"}}},
+                     ablations={"s": {"of": "g", "sample": {"cfg": 3.0}},
+                                "r": {"of": "g", "gpt": {"model": {"rope": "1d"}}}})
+    g = pipeline_table(cfg, "g")
+    assert g["reuse"] == {"data": str(tmp_path / "data")} and g["out"] == str(tmp_path / "g")
+    s, r = ablation_table(cfg, "s"), ablation_table(cfg, "r")
+    assert set(s["reuse"]) == {"data", "tokenizer", "codes", "gpt"}
+    assert s["reuse"]["gpt"] == str(tmp_path / "g" / "gpt") and s["sample"] == {"cfg": 3.0}
+    assert set(r["reuse"]) == {"data", "tokenizer", "codes"}
+    assert r["gpt"] == {"steps": 5, "model": {"rope": "1d"}}
+    with pytest.raises(ValueError, match="'of' must name one of the pipelines"):
+        DemoConfig(pipelines={"g": {}}, ablations={"x": {"of": "vq"}})

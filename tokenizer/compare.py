@@ -31,7 +31,7 @@ from data.tario import atomic_write_json
 from launch import config as configlib
 from launch.runtime import load_checkpoint
 from tokenizer.blocks import count_parameters
-from tokenizer.train import Trainer, merge_tables, resolve_table
+from tokenizer.train import Trainer, resolve_table
 
 
 @dataclass
@@ -75,8 +75,8 @@ def _shards(cfg: CompareConfig) -> tuple[str, str]:
 
 
 def run_config(cfg: CompareConfig, name: str, seed: int, train: str):
-    table = merge_tables(cfg.base, cfg.variants[name])
-    table = merge_tables(table, {"seed": seed, "out": str(run_dir(cfg, name, seed)),
+    table = configlib.merge_tables(cfg.base, cfg.variants[name])
+    table = configlib.merge_tables(table, {"seed": seed, "out": str(run_dir(cfg, name, seed)),
                                  "data": {"shards": train}})
     return resolve_table(table)
 

@@ -125,17 +125,8 @@ def resolve_table(data: dict) -> RunConfig:
     if name not in REGISTRY:
         raise configlib.ConfigError(f"size must be one of {sorted(REGISTRY)}, got {name!r}")
     base = configlib.to_dict(registry_config(name))
-    data["tokenizer"] = merge_tables(base, data.get("tokenizer", {}))
+    data["tokenizer"] = configlib.merge_tables(base, data.get("tokenizer", {}))
     return configlib.from_dict(RunConfig, data)
-
-
-def merge_tables(base: dict, over: dict) -> dict:
-    """``over`` laid over ``base``, recursively (sub-tables merged, other values replaced)."""
-    out = dict(base)
-    for k, v in over.items():
-        both = isinstance(v, dict) and isinstance(out.get(k), dict)
-        out[k] = merge_tables(out[k], v) if both else v
-    return out
 
 
 class NonFiniteLoss(RuntimeError):
