@@ -165,8 +165,8 @@ def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Pat
         f"{len(heldout[0])} held-out images ({train[0].shape[1]} px). Every pipeline has "
         f"the same token count, the same GPT-{first['size']} ({first['steps']} steps, batch "
         f"{first['data']['batch_size']}, DeepSpeed in one CPU process) and the same "
-        f"sampling budget; tokenizers trained {', '.join(f'{k} {v}' for k, v in tok_steps.items())} "
-        "steps.",
+        "sampling budget; tokenizers trained "
+        + ", ".join(f"{k} {v}" for k, v in tok_steps.items()) + " steps.",
         "",
         "## Pipelines side by side",
         "",
