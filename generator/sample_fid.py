@@ -7,14 +7,17 @@ Sample i has label i % num_classes (balanced: 50 per class for 50,000 ImageNet
 samples) unless --random-labels. Samples come in chunks of --batch-size; chunk k is
 made by rank k % world with its own seed (seed, k), so the result does not depend on
 the number of ranks. Each chunk is written atomically to OUT.parts/; a re-run skips
-finished chunks (resumable), and rank 0 packs the parts into OUT at the end. The
-parts folder records the settings (checkpoint sha1, guidance, filters, seed, chunk
-size, labels); a re-run with other settings into the same OUT is refused.
+finished chunks (resumable), and rank 0 packs the parts into OUT at the end (one
+copy in memory) and removes them. The settings (checkpoint sha1, guidance, filters,
+seed, chunk size, labels) are recorded beside the parts and inside OUT (key
+``settings``, a JSON string): a re-run with the same settings finds OUT done, one with
+other settings into the same OUT is refused.
 """
 
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -81,10 +84,18 @@ def main(argv=None) -> int:
                 "random_labels": args.random_labels, "seed": args.seed,
                 "batch_size": args.batch_size, **sampling_kwargs(args)}
     recorded = parts / "settings.json"
-    if recorded.exists() and json.loads(recorded.read_text()) != settings:
-        print(f"generator.sample_fid: {parts} holds samples made with other settings "
-              f"({recorded}); choose another --out or delete it", file=sys.stderr)
-        return 2
+    finished = _recorded_settings(args.out)
+    if finished is not None or recorded.exists():
+        found = finished if finished is not None else json.loads(recorded.read_text())
+        if found != settings:
+            where = args.out if finished is not None else parts
+            print(f"generator.sample_fid: {where} holds samples made with other settings; "
+                  "choose another --out or delete it", file=sys.stderr)
+            return 2
+        if finished is not None:
+            if info.main:
+                print(f"{args.out} already holds these {args.num} samples")
+            return 0
     if info.main:
         parts.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(recorded, json.dumps(settings, indent=1).encode())
@@ -104,18 +115,39 @@ def main(argv=None) -> int:
     if info.world_size > 1:
         torch.distributed.barrier()
     if info.main:
-        files = sorted(parts.glob("chunk-*.npz"))
-        images, labels = [], []
-        for f in files:
-            with np.load(f) as d:
-                images.append(d["images"])
-                labels.append(d["labels"])
-        images, labels = np.concatenate(images)[: args.num], np.concatenate(labels)[: args.num]
+        images, labels = _pack(sorted(parts.glob("chunk-*.npz")), args.num)
         tmp = args.out.with_name(args.out.name + ".tmp.npz")
-        np.savez(tmp, arr_0=images, arr_1=labels)
+        np.savez(tmp, arr_0=images, arr_1=labels, settings=np.array(json.dumps(settings)))
         tmp.replace(args.out)
+        shutil.rmtree(parts)
         print(f"wrote {len(images)} samples {list(images.shape[1:])} to {args.out}")
     return 0
+
+
+def _recorded_settings(path: Path) -> dict | None:
+    """The settings a finished OUT was made with (None: no OUT, or one without them)."""
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as f:
+        return json.loads(str(f["settings"])) if "settings" in f.files else {}
+
+
+def _pack(files: list[Path], num: int) -> tuple[np.ndarray, np.ndarray]:
+    """Chunks -> (images [num, H, W, 3] uint8, labels [num]) filled in place (one copy)."""
+    images = labels = None
+    at = 0
+    for f in files:
+        with np.load(f) as d:
+            chunk, chunk_labels = d["images"], d["labels"]
+        if images is None:
+            images = np.empty((num, *chunk.shape[1:]), chunk.dtype)
+            labels = np.empty(num, chunk_labels.dtype)
+        take = min(len(chunk), num - at)
+        images[at:at + take], labels[at:at + take] = chunk[:take], chunk_labels[:take]
+        at += take
+    if at != num:
+        raise RuntimeError(f"the parts hold {at} samples, {num} were asked for")
+    return images, labels
 
 
 if __name__ == "__main__":

@@ -93,11 +93,18 @@ class RunConfig:
     log_every: int = 10
     ckpt_every: int = 500
     ema_decay: float = 0.9999  # 0 disables the EMA copy
-    seed: int = 0
+    seed: int = 0  # model init; data order; rank r's dropout/label-drop draws use seed + r
+    max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
 
     def __post_init__(self):
         if self.size not in SIZES:
             raise ValueError(f"size must be one of {list(SIZES)}, got {self.size!r}")
+        if self.max_bad_steps < 1:
+            raise ValueError(f"max_bad_steps must be >= 1, got {self.max_bad_steps}")
+
+
+class NonFiniteLoss(RuntimeError):
+    """Too many consecutive non-finite losses: the run stops without exporting."""
 
 
 class LossModule(torch.nn.Module):
@@ -116,10 +123,21 @@ class LossModule(torch.nn.Module):
         return ce.sum()
 
 
+SCHEDULER_TASKS = ("SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")  # srun, mpirun
+
+
 def _ensure_single_process_env() -> None:
-    """deepspeed.initialize in a plain process needs the launcher's variables."""
+    """deepspeed.initialize in a plain process needs the launcher's variables. Started
+    as one of several tasks by srun/mpirun without them, every task would be a rank-0
+    run writing into the same folder: refuse."""
     if "RANK" in os.environ:
         return
+    for var in SCHEDULER_TASKS:
+        if int(os.environ.get(var, "1") or 1) > 1:
+            raise configlib.ConfigError(
+                f"{var}={os.environ[var]} but no RANK/WORLD_SIZE: start the tasks with "
+                "deepspeed or torchrun (or export RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, "
+                "MASTER_PORT per task) so that they form one run")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -169,6 +187,7 @@ class Trainer:
             "gradient_clipping": o.grad_clip,
             "zero_optimization": {"stage": d.zero_stage},
             "bf16": {"enabled": bool(d.bf16 and cuda)},
+            "communication_data_type": "fp32",  # DeepSpeed reduces in bf16 otherwise
             "steps_per_print": 10**12,
             "wall_clock_breakdown": False,
         }
@@ -177,12 +196,16 @@ class Trainer:
             model=self.loss_module, optimizer=optimizer, lr_scheduler=schedule,
             config=ds_config)
         self.device = self.engine.device
+        # the same initial weights everywhere (above); different dropout and label-drop
+        # draws on every rank (restored per rank on resume)
+        torch.manual_seed(cfg.seed + 7919 * self.rank)
         self.ema = None
-        if cfg.ema_decay > 0:
-            if d.zero_stage == 3:
-                raise configlib.ConfigError("EMA weights need zero_stage <= 2 (stage 3 "
-                                            "partitions parameters); set ema_decay = 0")
+        if cfg.ema_decay > 0 and d.zero_stage == 3:
+            raise configlib.ConfigError("EMA weights need zero_stage <= 2 (stage 3 "
+                                        "partitions parameters); set ema_decay = 0")
+        if cfg.ema_decay > 0 and self.rank == 0:  # only rank 0 exports: only it keeps one
             self.ema = {n: p.detach().float().clone() for n, p in self.gpt.named_parameters()}
+        self.bad_steps = self.skipped_steps = 0
         self.epoch, self.batch_in_epoch = 0, 0
         self.progress = progress and self.rank == 0
         self.last_log: dict = {}  # the last logged interval's means (loss, per component)
@@ -222,8 +245,9 @@ class Trainer:
         self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, save_latest=False)
         save_checkpoint(self._state_file(tag), {
             "config": configlib.to_dict(self.cfg), "gpt": configlib.to_dict(self.gpt_cfg),
+            "tokenizer": self.manifest.get("tokenizer", {}), "world_size": self.world,
             "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "rng": rng_state(),
-            "ema": self.ema})
+            "skipped_steps": self.skipped_steps, "ema": self.ema})
         if self.world > 1:
             torch.distributed.barrier()
         if self.rank == 0:  # the pointer moves only once every rank has written
@@ -240,14 +264,34 @@ class Trainer:
         pointer = self.ckpt_dir / "last.json"
         if not pointer.exists():
             return False
-        tag = json.loads(pointer.read_text())["tag"]
-        state = load_checkpoint(self._state_file(tag))
+        recorded = json.loads(pointer.read_text())
+        tag = recorded["tag"]
+        state_file = self._state_file(tag)
+        if not state_file.exists():
+            found = sorted(p.name for p in (self.ckpt_dir / tag).glob("trainer_state_rank*.pt"))
+            raise configlib.ConfigError(
+                f"{self.ckpt_dir / tag} has no state for rank {self.rank} of {self.world} "
+                f"(it holds {len(found)} rank files): resume with the world size it was "
+                "written with, or start a new --out")
+        state = load_checkpoint(state_file)
         if state["gpt"] != configlib.to_dict(self.gpt_cfg):
             raise configlib.ConfigError(f"{self.ckpt_dir} holds a run with another GPT config "
                                         "(size or token shards differ); use a new --out")
+        if state.get("world_size", self.world) != self.world:
+            raise configlib.ConfigError(
+                f"{self.ckpt_dir} was written by {state['world_size']} ranks, this run has "
+                f"{self.world}: resume with the same world size, or start a new --out")
+        ours, theirs = self.manifest.get("tokenizer", {}), state.get("tokenizer")
+        if theirs is not None and theirs.get("sha1") != ours.get("sha1"):
+            raise configlib.ConfigError(
+                f"{self.cfg.data.tokens} comes from tokenizer sha1 "
+                f"{str(ours.get('sha1'))[:12]}, but the run in {self.out} was trained on "
+                f"tokens of sha1 {str(theirs.get('sha1'))[:12]}; use a new --out")
         self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
-        self.ema = state["ema"]
+        self.skipped_steps = state.get("skipped_steps", 0)
+        if self.rank == 0 and state["ema"] is not None:  # on the parameters' device
+            self.ema = {n: v.to(self.device) for n, v in state["ema"].items()}
         set_rng_state(state["rng"])
         return True
 
@@ -268,6 +312,13 @@ class Trainer:
         return path
 
     # ---- the loop -------------------------------------------------------------------
+    def _finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank (all skip together, or none)."""
+        flag = torch.isfinite(loss.detach()).float()
+        if self.world > 1:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag)
+
     @torch.no_grad()
     def _update_ema(self) -> None:
         if self.ema is None:
@@ -296,6 +347,15 @@ class Trainer:
             before = self.step_num
             labels, tokens = next(batches)
             loss = self.engine(labels, tokens)
+            if not self._finite(loss):
+                self.bad_steps += 1
+                self.skipped_steps += 1
+                if self.bad_steps >= self.cfg.max_bad_steps:
+                    raise NonFiniteLoss(f"{self.bad_steps} consecutive non-finite losses at "
+                                        f"step {self.step_num}; lower optim.lr or check the "
+                                        "data (nothing exported)")
+                continue  # no backward, no step: this micro-batch is dropped
+            self.bad_steps = 0
             self.engine.backward(loss)
             self.engine.step()
             last = self.loss_module.last  # [2, K]: losses and accuracies, on the device
@@ -315,6 +375,7 @@ class Trainer:
                         writer.add_scalar(f"loss/train_{n}", ce, self.step_num)
                         writer.add_scalar(f"accuracy/train_{n}", acc, self.step_num)
                     writer.add_scalar("lr", self.schedule.get_last_lr()[0], self.step_num)
+                    writer.add_scalar("skipped_steps", self.skipped_steps, self.step_num)
                 self.last_log = {"step": self.step_num, "loss": total,
                                  **{f"loss_{n}": v for n, v in zip(names, mean[0], strict=True)},
                                  **{f"accuracy_{n}": v for n, v in zip(names, mean[1],
@@ -349,7 +410,7 @@ def main(argv=None) -> int:
         if trainer.rank == 0:
             path = trainer.export()
             print(f"done: {trainer.step_num} steps; sampling weights in {path}")
-    except (configlib.ConfigError, ValueError) as err:
+    except (configlib.ConfigError, ValueError, NonFiniteLoss) as err:
         print(f"generator.train: {err}", file=sys.stderr)
         return 2
     return 0

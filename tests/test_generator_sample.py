@@ -84,23 +84,37 @@ def test_a_different_tokenizer_is_refused(chain, tmp_path):
         sample.load_matching_tokenizer(meta, tmp_path / "other.safetensors")
 
 
-def test_fid_samples_are_balanced_resumable_and_readable(chain, tmp_path):
+def test_fid_samples_are_balanced_resumable_and_readable(chain, tmp_path, monkeypatch,
+                                                        capsys):
     from eval.sets import load_npz
 
     _, ckpt = chain
     out = tmp_path / "s.npz"
     args = ["--ckpt", str(ckpt), "--num", "10", "--batch-size", "4", "--out", str(out),
             "--quiet"]
-    assert sample_fid.main(args) == 0
+    with monkeypatch.context() as m:  # keep the parts, as a run killed while packing would
+        m.setattr(sample_fid.shutil, "rmtree", lambda path: None)
+        assert sample_fid.main(args) == 0
     data = load_npz(out)
     assert data["arr_0"].shape == (10, 32, 32, 3) and data["arr_0"].dtype == np.uint8
     assert data["arr_1"].tolist() == [i % 10 for i in range(10)]
-    chunk = tmp_path / "s.npz.parts" / "chunk-000001.npz"
-    stamp = chunk.stat().st_mtime_ns
+    parts = tmp_path / "s.npz.parts"
     first = data["arr_0"].copy()
     out.unlink()
-    (tmp_path / "s.npz.parts" / "chunk-000002.npz").unlink()  # an interrupted run
+    (parts / "chunk-000002.npz").unlink()  # an interrupted run
+    calls = []
+    real = sample_fid.sample_images
+    monkeypatch.setattr(sample_fid, "sample_images", lambda *a, **k: calls.append(1) or
+                        real(*a, **k))
     assert sample_fid.main(args) == 0
-    assert chunk.stat().st_mtime_ns == stamp  # finished chunks are kept
-    assert np.array_equal(load_npz(out)["arr_0"], first)  # and the redone one is identical
+    assert len(calls) == 1 and not parts.exists()  # only the missing chunk; parts removed
+    assert np.array_equal(load_npz(out)["arr_0"], first)  # the redone chunk is identical
+    # finished: the same settings find it done; others are refused, not mixed in
+    stamp = out.stat().st_mtime_ns
+    assert sample_fid.main(args) == 0 and out.stat().st_mtime_ns == stamp
+    capsys.readouterr()
+    for extra in (["--cfg", "5"], ["--seed", "9"], ["--batch-size", "5"], ["--guide", "code"]):
+        assert sample_fid.main(args + extra) == 2
+        assert "made with other settings" in capsys.readouterr().err
+    assert np.array_equal(load_npz(out)["arr_0"], first)
     assert json.loads(ckpt.with_suffix(".json").read_text())["tokenizer"]["sha1"]

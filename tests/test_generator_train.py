@@ -76,3 +76,52 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert "data.tokens is not set" in capsys.readouterr().err
     assert main(["--set", "size=huge", "--quiet"]) == 2
     assert "size must be one of" in capsys.readouterr().err
+
+
+def test_non_finite_losses_stop_the_run_without_an_export(tmp_path, tokens, capsys):
+    args = ["--set", f"data.tokens={tokens}", "--set", "data.batch_size=8", "--set",
+            "optim.lr=1e30", "--set", "steps=50", "--set", "max_bad_steps=3", "--set",
+            "optim.grad_clip=0", "--out", str(tmp_path / "nan"), "--quiet"]
+    assert main(args) == 2
+    assert "3 consecutive non-finite losses" in capsys.readouterr().err
+    assert not (tmp_path / "nan" / "gpt.safetensors").exists()
+
+
+def test_resume_checks_tokenizer_world_size_and_keeps_the_ema_with_the_parameters(
+        tmp_path, tokens):
+    import shutil
+
+    first = Trainer(_cfg(tmp_path, tokens, "r", steps=2, ckpt_every=2, ema_decay=0.9),
+                    progress=False)
+    first.run()
+    resumed = Trainer(_cfg(tmp_path, tokens, "r", steps=3, ckpt_every=2, ema_decay=0.9),
+                      progress=False)
+    assert resumed.resume()
+    params = dict(resumed.gpt.named_parameters())
+    assert all(v.device == params[n].device and v.dtype == torch.float32
+               for n, v in resumed.ema.items())
+    # token shards of another tokenizer with the same shapes: refused
+    other = tmp_path / "other-tokens"
+    shutil.copytree(tokens, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["tokenizer"] = {"name": "synthetic", "sha1": "f" * 40}
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    foreign = Trainer(_cfg(tmp_path, other, "r", steps=3, ckpt_every=2, ema_decay=0.9),
+                      progress=False)
+    with pytest.raises(ValueError, match="comes from tokenizer sha1 ffffffffffff"):
+        foreign.resume()
+    # a checkpoint written by another world size: a message, not a traceback
+    tag = json.loads((tmp_path / "r" / "checkpoints" / "last.json").read_text())["tag"]
+    state = tmp_path / "r" / "checkpoints" / tag / "trainer_state_rank0.pt"
+    state.rename(state.with_name("trainer_state_rank1.pt"))
+    with pytest.raises(ValueError, match="resume with the world size it was written with"):
+        resumed.resume()
+
+
+def test_several_scheduler_tasks_without_ranks_are_refused(monkeypatch):
+    from generator.train import _ensure_single_process_env
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
+    with pytest.raises(ValueError, match="SLURM_STEP_NUM_TASKS=4 but no RANK"):
+        _ensure_single_process_env()
