@@ -39,6 +39,10 @@ class GPTConfig:
     component_names: list[str] = field(default_factory=list)  # [] = "c0", "c1", ...
     position_component: int = -1  # index of the position token; -1: none
     position_grid: int = 0  # position token = row * position_grid + column
+    # "factorised": the position token's input embedding and output logits get a row and
+    # a column term shared along each axis (plus the free per-token term); "plain": a
+    # free table only, as for any other component
+    position_embed: str = "factorised"
 
     def __post_init__(self):
         if self.dim % self.heads:
@@ -58,6 +62,9 @@ class GPTConfig:
                 self.position_grid**2 != self.vocab_sizes[self.position_component]:
             raise ValueError(f"position_grid {self.position_grid} squared is not the position "
                              f"vocabulary {self.vocab_sizes[self.position_component]}")
+        if self.position_embed not in ("factorised", "plain"):
+            raise ValueError(f"position_embed must be 'factorised' or 'plain', got "
+                             f"{self.position_embed!r}")
         for name in ("dropout", "attn_dropout", "class_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")

@@ -15,6 +15,12 @@ Tuple heads: with h the final hidden state at a step, component 0 is predicted f
 h; component k from h + sum_{j<k} E_kj(t_j) passed through one small residual SwiGLU,
 so p(t) = p(t^0 | h) p(t^1 | h, t^0) ... inside one step. With one component this is
 exactly LlamaGen's output layer.
+
+Factorised position tokens (``position_embed = "factorised"``, Gaussian tuples): the
+position token p = row * G + col is embedded as E[p] + R[row] + C[col] and scored as
+W[p] h + U[row] h + V[col] h, so what is learnt about a row or a column is shared by
+all G cells along it (a 1,024-way position vocabulary seen 16 times per image has
+little data per cell). The free terms keep the full expressivity.
 """
 
 import torch
@@ -147,11 +153,19 @@ class Block(nn.Module):
         return x + self.ffn(self.ffn_norm(x))
 
 
+def factorised_position(cfg: GPTConfig) -> bool:
+    return cfg.position_component >= 0 and cfg.position_embed == "factorised"
+
+
 class TupleHeads(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         vocab, dim = cfg.vocab_sizes, cfg.dim
         self.outs = nn.ModuleList(nn.Linear(dim, v, bias=False) for v in vocab)
+        self.position, self.grid = cfg.position_component, cfg.position_grid
+        if factorised_position(cfg):  # row and column scores shared along each axis
+            self.row_out = nn.Linear(dim, cfg.position_grid, bias=False)
+            self.col_out = nn.Linear(dim, cfg.position_grid, bias=False)
         self.cond = nn.ModuleList(  # cond[k-1][j]: embedding of component j for head k
             nn.ModuleList(nn.Embedding(vocab[j], dim) for j in range(k))
             for k in range(1, len(vocab)))
@@ -162,10 +176,17 @@ class TupleHeads(nn.Module):
     def logits(self, h: torch.Tensor, k: int, previous: list[torch.Tensor]) -> torch.Tensor:
         """Logits of component k from hidden h [..., D] and components 0..k-1 ([...] each)."""
         if k == 0:
-            return self.outs[0](h).float()
-        hk = h + sum(emb(t) for emb, t in zip(self.cond[k - 1], previous[:k], strict=True))
-        hk = hk + self.mlps[k - 1](self.norms[k - 1](hk))
-        return self.outs[k](self.out_norms[k - 1](hk)).float()
+            hk = h
+        else:
+            hk = h + sum(emb(t) for emb, t in zip(self.cond[k - 1], previous[:k], strict=True))
+            hk = hk + self.mlps[k - 1](self.norms[k - 1](hk))
+            hk = self.out_norms[k - 1](hk)
+        out = self.outs[k](hk).float()
+        if k == self.position and hasattr(self, "row_out"):  # [..., G*G] += row + column
+            rows = self.row_out(hk).float().repeat_interleave(self.grid, dim=-1)
+            out = out + rows + self.col_out(hk).float().repeat(*([1] * (h.dim() - 1)),
+                                                                self.grid)
+        return out
 
 
 class GPT(nn.Module):
@@ -173,6 +194,9 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_embed = nn.ModuleList(nn.Embedding(v, cfg.dim) for v in cfg.vocab_sizes)
+        if factorised_position(cfg):
+            self.pos_rows = nn.Embedding(cfg.position_grid, cfg.dim)
+            self.pos_cols = nn.Embedding(cfg.position_grid, cfg.dim)
         self.cls_embed = nn.Embedding(cfg.num_classes + 1, cfg.dim)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
@@ -183,7 +207,8 @@ class GPT(nn.Module):
         self.register_buffer("rope_sin", torch.sin(angles), persistent=False)
         self.register_buffer("rope_freqs", spatial_freqs(cfg).float(), persistent=False)
         self.apply(self._init)
-        for out in self.heads.outs:
+        for out in [*self.heads.outs, *([self.heads.row_out, self.heads.col_out]
+                                        if factorised_position(cfg) else [])]:
             nn.init.zeros_(out.weight)
 
     @staticmethod
@@ -204,8 +229,13 @@ class GPT(nn.Module):
             raise ValueError(f"labels must be [B={tokens.shape[0]}], got {list(labels.shape)}")
 
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """[B, L, K] -> [B, L, D]: the sum of one embedding per component."""
-        return sum(emb(tokens[..., k]) for k, emb in enumerate(self.tok_embed))
+        """[B, L, K] -> [B, L, D]: the sum of one embedding per component (with the
+        row and column terms of a factorised position token)."""
+        x = sum(emb(tokens[..., k]) for k, emb in enumerate(self.tok_embed))
+        if factorised_position(self.cfg):
+            p, g = tokens[..., self.cfg.position_component], self.cfg.position_grid
+            x = x + self.pos_rows(torch.div(p, g, rounding_mode="floor")) + self.pos_cols(p % g)
+        return x
 
     def places(self, tuples: torch.Tensor, class_token: bool = False) -> torch.Tensor | None:
         """Position tokens [B, L (+1)] of inputs holding tuples [B, L, K], with -1 first

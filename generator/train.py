@@ -79,6 +79,7 @@ class ModelOptions:
     class_dropout: float = 0.1
     qk_norm: bool = False
     rope: str = ""  # "" = automatic: spatial for Gaussian tuples, 2d for VQ grids, else 1d
+    position_embed: str = "factorised"  # Gaussian position tokens: + row/column terms
 
 
 @dataclass
@@ -151,6 +152,7 @@ def build_gpt_config(cfg: RunConfig, manifest: dict) -> GPTConfig:
                       num_tokens=manifest["num_tokens"], num_classes=manifest["num_classes"],
                       rope=m.rope or None, dropout=m.dropout, attn_dropout=m.attn_dropout,
                       class_dropout=m.class_dropout, qk_norm=m.qk_norm,
+                      position_embed=m.position_embed,
                       layout=manifest.get("token_layout"))
 
 

@@ -9,7 +9,9 @@ runs/demo/report.md with both side by side.
 Layout under ``out``: data/ (one data stage shared by every run), one pipeline folder
 per name in ``pipelines`` (data -> tokenizer -> codes -> gpt -> sample -> eval, see
 launch/pipeline.py), and, with --ablations, one folder per ablation, which reuses
-every stage of its pipeline up to the first one its change touches. Re-running skips
+every stage of its pipeline up to the first one its change touches. Every run samples
+once per seed in ``seeds`` (seed-S/ folders beside the first seed's sample/ and eval/,
+reusing the run's GPT) and the report gives mean ± std over them. Re-running skips
 finished stages and resumes unfinished ones.
 """
 
@@ -34,8 +36,11 @@ class DemoConfig:
     base: dict = field(default_factory=dict)  # a pipeline table shared by every run
     pipelines: dict = field(default_factory=dict)  # name -> table laid over base
     ablations: dict = field(default_factory=dict)  # name -> {of = pipeline, note, changes}
+    seeds: list[int] = field(default_factory=lambda: [0])  # sampling seeds of every run
 
     def __post_init__(self):
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
         if not self.pipelines:
             raise ValueError("the demo config names no pipelines")
         for name, a in self.ablations.items():
@@ -51,7 +56,21 @@ class DemoConfig:
 def pipeline_table(cfg: DemoConfig, name: str) -> dict:
     table = configlib.merge_tables(cfg.base, cfg.pipelines[name])
     return configlib.merge_tables(table, {"out": str(Path(cfg.out) / name),
-                                          "reuse": {"data": str(Path(cfg.out) / "data")}})
+                                          "reuse": {"data": str(Path(cfg.out) / "data")},
+                                          "sample": {"seed": cfg.seeds[0]}})
+
+
+def seed_tables(cfg: DemoConfig, table: dict) -> list[tuple[int, dict]]:
+    """The run itself (first seed) and one sampling run per further seed, which reuses
+    every stage up to the GPT and writes sample/ and eval/ under out/seed-S."""
+    runs = [(cfg.seeds[0], table)]
+    up_to_gpt = {stage: table["reuse"].get(stage, str(Path(table["out"]) / stage))
+                 for stage in ("data", "tokenizer", "codes", "gpt")}
+    for seed in cfg.seeds[1:]:
+        other = configlib.merge_tables(table, {"sample": {"seed": seed}})
+        other["out"], other["reuse"] = str(Path(table["out"]) / f"seed-{seed}"), up_to_gpt
+        runs.append((seed, other))
+    return runs
 
 
 def ablation_table(cfg: DemoConfig, name: str) -> dict:
@@ -79,7 +98,7 @@ def resolve(table: dict, where: Path):
     return load_pipeline_config(where)
 
 
-def run_one(name: str, pcfg, progress: bool) -> dict:
+def run_one(name: str, pcfg, progress: bool) -> tuple[dict, dict]:
     """Every stage of one run, timed; the first full measurement of a stage is kept."""
     out = Path(pcfg.out)
     pipeline = Pipeline(pcfg, progress=progress)
@@ -116,15 +135,18 @@ def main(argv=None) -> int:
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "demo.toml").write_text(configlib.dumps(cfg))
-        dirs, timings = {}, {}
-        for name in cfg.pipelines:
-            pcfg = resolve(pipeline_table(cfg, name), out / name / "pipeline.toml")
-            dirs[name], timings[name] = run_one(name, pcfg, not args.quiet)
-        abl_dirs, notes = {}, {}
-        for name in cfg.ablations if args.ablations else []:
-            pcfg = resolve(ablation_table(cfg, name), out / name / "pipeline.toml")
-            abl_dirs[name], timings[name] = run_one(name, pcfg, not args.quiet)
-            notes[name] = cfg.ablations[name].get("note", "")
+        dirs, abl_dirs, timings, notes = {}, {}, {}, {}
+        runs = [(name, pipeline_table(cfg, name), dirs) for name in cfg.pipelines]
+        runs += [(name, ablation_table(cfg, name), abl_dirs)
+                 for name in (cfg.ablations if args.ablations else [])]
+        for name, table, into in runs:
+            into[name] = []
+            for seed, seeded in seed_tables(cfg, table):
+                label = name if seed == cfg.seeds[0] else f"{name} seed {seed}"
+                pcfg = resolve(seeded, Path(seeded["out"]) / "pipeline.toml")
+                stage_dirs, timings[label] = run_one(label, pcfg, not args.quiet)
+                into[name].append(stage_dirs)
+            notes[name] = cfg.ablations.get(name, {}).get("note", "")
         if not args.quiet:
             print(f"[{time.strftime('%H:%M:%S')}] report: tokenizer metrics, FID floor, "
                   "classifier", flush=True)

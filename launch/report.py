@@ -115,14 +115,38 @@ def generation_numbers(run: Path, gpt_dir: Path, sample_dir: Path, eval_dir: Pat
             "sample": sample_cfg, "weights": metrics["weights"], "resize": metrics["resize"]}
 
 
+MEASURES = ("fid", "sfid", "prec", "recall", "accuracy_generated")
+
+
+def over_seeds(per_seed: list[dict]) -> dict:
+    """The first seed's record with each measure replaced by its mean over the seeds, and
+    ``<measure>_std`` (sample standard deviation; 0 with one seed) and ``seeds`` added."""
+    out = dict(per_seed[0], seeds=len(per_seed))
+    for m in MEASURES:
+        values = [g[m] for g in per_seed if g.get(m) is not None]
+        if values:
+            out[m] = float(np.mean(values))
+            out[f"{m}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return out
+
+
 def _f(value, fmt=".2f", scale=1.0, suffix=""):
     return "–" if value is None else f"{scale * value:{fmt}}{suffix}"
 
 
+def _m(g: dict, key: str, fmt=".2f", scale=1.0, suffix="") -> str:
+    """mean ± std over the seeds (the bare value with one seed)."""
+    if g.get(key) is None:
+        return "–"
+    if g.get("seeds", 1) > 1:
+        return f"{scale * g[key]:{fmt}} ± {scale * g[key + '_std']:{fmt}}{suffix}"
+    return _f(g[key], fmt, scale, suffix)
+
+
 def _gen_cells(g: dict, floor: float) -> list[str]:
-    return [_f(g.get("fid")), f"{g['fid'] / floor:.2f}x" if g.get("fid") else "–",
-            _f(g.get("sfid")), _f(g.get("prec"), ".3f"), _f(g.get("recall"), ".3f"),
-            _f(g["accuracy_generated"], ".1f", 100, "%")]
+    return [_m(g, "fid"), f"{g['fid'] / floor:.2f}x" if g.get("fid") else "–",
+            _m(g, "sfid"), _m(g, "prec", ".3f"), _m(g, "recall", ".3f"),
+            _m(g, "accuracy_generated", ".1f", 100, "%")]
 
 
 def _sampling(s: dict, has_positions: bool) -> str:
@@ -136,28 +160,29 @@ def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Pat
                       timings: dict, notes: dict | None = None) -> Path:
     """runs/demo/report.md from finished pipeline folders.
 
-    pipelines / ablations: name -> {stage: folder} of finished runs (ablations may be
-    empty); timings: name -> {stage: seconds}.
+    pipelines / ablations: name -> one {stage: folder} per sampling seed (the first
+    seed's run first; ablations may be empty); timings: run label -> {stage: seconds}.
     """
     out, notes = Path(out), notes or {}
     train = load_shard_images(data_dir / "train")
     heldout = load_shard_images(data_dir / "heldout")
     classifier = Classifier(train)
     rows = {}
-    for name, dirs in {**pipelines, **ablations}.items():
-        rows[name] = generation_numbers(out / name, dirs["gpt"], dirs["sample"], dirs["eval"],
-                                        classifier)
+    for name, seeds in {**pipelines, **ablations}.items():
+        rows[name] = over_seeds([generation_numbers(out / name, d["gpt"], d["sample"],
+                                                    d["eval"], classifier) for d in seeds])
     n = next(iter(rows.values()))["num_generated"]
     floor = _cached(out / "floor.json", f"{n}", lambda: fid_floor(train[0], data_dir /
                                                                   "heldout", n))
-    toks = {name: tokenizer_numbers(out / name, dirs["tokenizer"], data_dir, heldout,
+    toks = {name: tokenizer_numbers(out / name, seeds[0]["tokenizer"], data_dir, heldout,
                                   classifier)
-            for name, dirs in pipelines.items()}
+            for name, seeds in pipelines.items()}
     names = list(pipelines)
     source = json.loads((data_dir / "train" / "build.json").read_text())["source"]
-    first = json.loads((pipelines[names[0]]["gpt"] / "stage.json").read_text())["config"]
-    tok_steps = {k: json.loads((d["tokenizer"] / "stage.json").read_text())["config"]["steps"]
-                 for k, d in pipelines.items()}
+    first = json.loads((pipelines[names[0]][0]["gpt"] / "stage.json").read_text())["config"]
+    tok_steps = {k: json.loads((d[0]["tokenizer"] / "stage.json").read_text())["config"]
+                 ["steps"] for k, d in pipelines.items()}
+    n_seeds = len(pipelines[names[0]])
     lines = [
         f"# Demo report: {out}",
         "",
@@ -166,7 +191,9 @@ def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Pat
         f"the same token count, the same GPT-{first['size']} ({first['steps']} steps, batch "
         f"{first['data']['batch_size']}, DeepSpeed in one CPU process) and the same "
         "sampling budget; tokenizers trained "
-        + ", ".join(f"{k} {v}" for k, v in tok_steps.items()) + " steps.",
+        + ", ".join(f"{k} {v}" for k, v in tok_steps.items()) + " steps. Generation "
+        f"measures are mean ± std over {n_seeds} sampling seeds of one trained GPT "
+        "(GPT training seeds are not varied: a confound this table cannot remove).",
         "",
         "## Pipelines side by side",
         "",
@@ -193,16 +220,16 @@ def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Pat
         ", ".join(f"{c.removeprefix('loss_')} {v:.2f}" for c, v in rows[k]["train_log"].items()
                   if c.startswith("loss_")) or "–" for k in names])
     row("sampling", [_sampling(rows[k]["sample"], rows[k]["positions"]) for k in names])
-    row(f"FID generated ({n}) vs held-out ({len(heldout[0])})", [_f(rows[k].get("fid"))
+    row(f"FID generated ({n}) vs held-out ({len(heldout[0])})", [_m(rows[k], "fid")
                                                                  for k in names])
     row("FID / floor", [_gen_cells(rows[k], floor)[1] for k in names])
-    row("sFID", [_f(rows[k].get("sfid")) for k in names])
-    row("precision / recall", [f"{_f(rows[k].get('prec'), '.3f')} / "
-                               f"{_f(rows[k].get('recall'), '.3f')}" for k in names])
+    row("sFID", [_m(rows[k], "sfid") for k in names])
+    row("precision", [_m(rows[k], "prec", ".3f") for k in names])
+    row("recall", [_m(rows[k], "recall", ".3f") for k in names])
     row("class accuracy of generated samples",
-        [_f(rows[k]["accuracy_generated"], ".1f", 100, "%") for k in names])
-    row("time, all stages", [f"{sum(timings.get(k, {}).values()) / 60:.1f} min"
-                             for k in names])
+        [_m(rows[k], "accuracy_generated", ".1f", 100, "%") for k in names])
+    row("time, all stages (first seed)", [f"{sum(timings.get(k, {}).values()) / 60:.1f} min"
+                                          for k in names])
     lines += [
         "",
         f"FID floor (training real vs held-out real, {n} vs {len(heldout[0])}): "
@@ -238,9 +265,8 @@ def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Pat
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     summary = {"fid_floor": floor, "accuracy_heldout_real": classifier.accuracy(*heldout),
-               **{k: {**{m: v for m, v in rows[k].items() if m in ("fid", "sfid", "prec",
-                                                                      "recall",
-                                                                      "accuracy_generated")},
+               **{k: {**{m: v for m, v in rows[k].items()
+                         if m.removesuffix("_std") in MEASURES or m == "seeds"},
                       **({"tokenizer": toks[k]} if k in toks else {})} for k in rows}}
     (out / "report.json").write_text(json.dumps(summary, indent=1) + "\n")
     return path

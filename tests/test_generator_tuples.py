@@ -107,8 +107,9 @@ def test_spatial_rope_reads_the_previous_tuples_place_not_the_index():
     """Moving tuple j's position token changes the logits at step j + 1 (its place rotates
     input j + 1) even with the position embedding removed."""
     model = _model()
-    with torch.no_grad():
-        model.tok_embed[0].weight.zero_()  # no position embedding: only the rotation
+    with torch.no_grad():  # no position embedding: only the rotation
+        for table in (model.tok_embed[0], model.pos_rows, model.pos_cols):
+            table.weight.zero_()
     labels, tokens = torch.tensor([1, 2, 3]), _tokens()
     moved = tokens.clone()
     moved[:, 4, 0] = (moved[:, 4, 0] + 5) % VOCABS[0]
@@ -120,7 +121,8 @@ def test_spatial_rope_reads_the_previous_tuples_place_not_the_index():
     assert not torch.allclose(a[:, 5], b[:, 5])
     one_d = _model("1d")
     with torch.no_grad():
-        one_d.tok_embed[0].weight.zero_()
+        for table in (one_d.tok_embed[0], one_d.pos_rows, one_d.pos_cols):
+            table.weight.zero_()
         torch.testing.assert_close(one_d(labels, tokens)[2][:, 5:],
                                    one_d(labels, moved)[2][:, 5:], rtol=0, atol=1e-12)
 
@@ -222,3 +224,31 @@ def test_per_component_losses_match_a_by_hand_cross_entropy():
         assert float(model.loss(labels, tokens)) == pytest.approx(float(ce.sum()), rel=1e-6)
     assert float(F.cross_entropy(logits[0].flatten(0, 1), tokens[..., 0].flatten())) == \
         pytest.approx(float(ce[0]), rel=1e-6)
+
+
+def test_factorised_position_terms_add_a_row_and_a_column_score():
+    model = _model()
+    assert model.cfg.position_embed == "factorised"
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for layer in (model.heads.row_out, model.heads.col_out):
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=g, dtype=torch.float64))
+    h = torch.randn(2, 5, model.cfg.dim, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        got = model.heads.logits(h, 0, [])
+        free, rows, cols = (m(h).float() for m in (model.heads.outs[0], model.heads.row_out,
+                                                   model.heads.col_out))
+    for p in range(16):  # token p = row * 4 + column
+        torch.testing.assert_close(got[..., p], free[..., p] + rows[..., p // 4]
+                                   + cols[..., p % 4])
+    tokens = _tokens()
+    with torch.no_grad():
+        x = model.embed_tokens(tokens)
+        p = tokens[..., 0]
+        by_hand = sum(model.tok_embed[k](tokens[..., k]) for k in range(3)) \
+            + model.pos_rows(p // 4) + model.pos_cols(p % 4)
+    torch.testing.assert_close(x, by_hand)
+    plain = _model(position_embed="plain")
+    assert not hasattr(plain, "pos_rows") and not hasattr(plain.heads, "row_out")
+    with torch.no_grad():
+        torch.testing.assert_close(plain.heads.logits(h, 0, []), plain.heads.outs[0](h).float())

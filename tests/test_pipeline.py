@@ -113,7 +113,7 @@ def test_reused_stages_are_read_not_redone(run):
 
 
 def test_demo_ablations_reuse_every_stage_before_their_change(tmp_path):
-    from launch.demo import DemoConfig, ablation_table, pipeline_table
+    from launch.demo import DemoConfig, ablation_table, pipeline_table, seed_tables
 
     cfg = DemoConfig(out=str(tmp_path), base={"data": {"builtin": "mnist"}, "gpt": {"steps": 5}},
                      pipelines={"g": {"tokenizer": {"size": "gaussian-debug"}}},
@@ -123,8 +123,17 @@ def test_demo_ablations_reuse_every_stage_before_their_change(tmp_path):
     assert g["reuse"] == {"data": str(tmp_path / "data")} and g["out"] == str(tmp_path / "g")
     s, r = ablation_table(cfg, "s"), ablation_table(cfg, "r")
     assert set(s["reuse"]) == {"data", "tokenizer", "codes", "gpt"}
-    assert s["reuse"]["gpt"] == str(tmp_path / "g" / "gpt") and s["sample"] == {"cfg": 3.0}
+    assert s["reuse"]["gpt"] == str(tmp_path / "g" / "gpt") and s["sample"] == {"cfg": 3.0, "seed": 0}
     assert set(r["reuse"]) == {"data", "tokenizer", "codes"}
     assert r["gpt"] == {"steps": 5, "model": {"rope": "1d"}}
+    # further sampling seeds reuse everything up to the run's GPT, wherever it lives
+    seeds = seed_tables(DemoConfig(**{**cfg.__dict__, "seeds": [4, 5]}), s)
+    assert [seed for seed, _ in seeds] == [4, 5] and seeds[0][1] is s
+    five = seeds[1][1]
+    assert five["out"] == str(tmp_path / "s" / "seed-5") and five["sample"]["seed"] == 5
+    assert five["reuse"]["gpt"] == str(tmp_path / "g" / "gpt") and "sample" not in five["reuse"]
+    assert seed_tables(cfg, r)[0][1]["reuse"].get("gpt") is None
+    with pytest.raises(ValueError, match="seeds must be distinct"):
+        DemoConfig(pipelines={"g": {}}, seeds=[1, 1])
     with pytest.raises(ValueError, match="'of' must name one of the pipelines"):
         DemoConfig(pipelines={"g": {}}, ablations={"x": {"of": "vq"}})
