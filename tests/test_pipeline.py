@@ -123,7 +123,8 @@ def test_demo_ablations_reuse_every_stage_before_their_change(tmp_path):
     assert g["reuse"] == {"data": str(tmp_path / "data")} and g["out"] == str(tmp_path / "g")
     s, r = ablation_table(cfg, "s"), ablation_table(cfg, "r")
     assert set(s["reuse"]) == {"data", "tokenizer", "codes", "gpt"}
-    assert s["reuse"]["gpt"] == str(tmp_path / "g" / "gpt") and s["sample"] == {"cfg": 3.0, "seed": 0}
+    assert s["reuse"]["gpt"] == str(tmp_path / "g" / "gpt")
+    assert s["sample"] == {"cfg": 3.0, "seed": 0}
     assert set(r["reuse"]) == {"data", "tokenizer", "codes"}
     assert r["gpt"] == {"steps": 5, "model": {"rope": "1d"}}
     # further sampling seeds reuse everything up to the run's GPT, wherever it lives
