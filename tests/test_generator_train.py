@@ -125,3 +125,16 @@ def test_several_scheduler_tasks_without_ranks_are_refused(monkeypatch):
     monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
     with pytest.raises(ValueError, match="SLURM_STEP_NUM_TASKS=4 but no RANK"):
         _ensure_single_process_env()
+
+
+@pytest.mark.gpu
+def test_gpu_resume_with_ema_keeps_training(tmp_path, tokens):
+    """Preempted GPU runs with an EMA resume and step on (the EMA moves to the device)."""
+    sets = dict(steps=2, ckpt_every=2, ema_decay=0.9)
+    Trainer(_cfg(tmp_path, tokens, "g", **sets), progress=False).run()
+    resumed = Trainer(_cfg(tmp_path, tokens, "g", **{**sets, "steps": 4}), progress=False)
+    resumed.run()
+    assert resumed.step_num == 4
+    params = dict(resumed.gpt.named_parameters())
+    assert all(v.device == params[n].device for n, v in resumed.ema.items())
+    assert params["norm.weight"].is_cuda
