@@ -45,6 +45,10 @@ class DataConfig:
     batch_size: int = 32  # micro-batch per rank
     num_workers: int = 0
 
+    def __post_init__(self):
+        configlib.require_at_least(self, 1, "batch_size", prefix="data.")
+        configlib.require_at_least(self, 0, "num_workers", prefix="data.")
+
 
 @dataclass
 class OptimConfig:
@@ -70,6 +74,7 @@ class DeepSpeedConfig:
     def __post_init__(self):
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"deepspeed.zero_stage must be 0-3, got {self.zero_stage}")
+        configlib.require_at_least(self, 1, "grad_accum", prefix="deepspeed.")
 
 
 @dataclass
@@ -100,8 +105,8 @@ class RunConfig:
     def __post_init__(self):
         if self.size not in SIZES:
             raise ValueError(f"size must be one of {list(SIZES)}, got {self.size!r}")
-        if self.max_bad_steps < 1:
-            raise ValueError(f"max_bad_steps must be >= 1, got {self.max_bad_steps}")
+        configlib.require_at_least(self, 1, "steps", "log_every", "ckpt_every",
+                                   "max_bad_steps")
 
 
 class NonFiniteLoss(RuntimeError):

@@ -23,8 +23,72 @@ def _field_types(cls) -> dict[str, typing.Any]:
     return typing.get_type_hints(cls)
 
 
+def require_at_least(config, minimum, *names: str, prefix: str = "") -> None:
+    """ValueError naming the first field of ``names`` below ``minimum``."""
+    for name in names:
+        value = getattr(config, name)
+        if value < minimum:
+            raise ValueError(f"{prefix}{name} must be >= {minimum}, got {value}")
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def check_type(value, hint, name: str):
+    """value as the field type ``hint`` wants it, or ConfigError naming the field.
+
+    bool takes true/false (TOML) or the strings "true"/"false" in any case (so that
+    ``--set flip=False`` means false); int takes integral numbers; float takes ints;
+    tuples and lists are checked element by element; dict and unannotated types pass.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return check_type(value, option, name)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{name}: expected {_type_name(hint)}, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{name}: expected {len(args)} values, got {value!r}")
+            return tuple(check_type(v, a, f"{name}[{i}]")
+                         for i, (v, a) in enumerate(zip(value, args, strict=True)))
+        inner = args[0] if args else typing.Any
+        items = [check_type(v, inner, f"{name}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str and not isinstance(value, str):
+        raise ConfigError(f"{name}: expected a string, got {value!r}")
+    if (hint is dict or origin is dict) and not isinstance(value, dict):
+        raise ConfigError(f"{name}: expected a table, got {value!r}")
+    return value
+
+
 def from_dict(cls, data: dict, where: str = ""):
-    """Build dataclass ``cls`` from a nested dict; unknown keys are an error."""
+    """Build dataclass ``cls`` from a nested dict; unknown keys and values of the wrong
+    type are errors that name the field."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a table, got {data!r}")
     hints = _field_types(cls)
@@ -39,10 +103,12 @@ def from_dict(cls, data: dict, where: str = ""):
         origin = typing.get_origin(hint)
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         inner = args[0] if origin in (typing.Union, types.UnionType) and len(args) == 1 else hint
-        if dataclasses.is_dataclass(inner) and isinstance(value, dict):
+        if dataclasses.is_dataclass(inner):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}{key}: expected a table, got {value!r}")
             value = from_dict(inner, value, f"{where}{key}.")
-        elif typing.get_origin(inner) in (tuple, list) and isinstance(value, list):
-            value = tuple(value) if typing.get_origin(inner) is tuple else list(value)
+        else:
+            value = check_type(value, hint, f"{where}{key}")
         kwargs[key] = value
     try:
         return cls(**kwargs)

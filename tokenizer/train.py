@@ -50,8 +50,8 @@ class DataConfig:
     flip: bool = True  # random horizontal flips; off for data that is not mirror-symmetric
 
     def __post_init__(self):
-        if self.batch_size < 1:
-            raise ValueError("data.batch_size must be positive")
+        configlib.require_at_least(self, 1, "batch_size", prefix="data.")
+        configlib.require_at_least(self, 0, "num_workers", prefix="data.")
 
 
 @dataclass
@@ -100,8 +100,8 @@ class RunConfig:
     def __post_init__(self):
         if self.size not in REGISTRY:
             raise ValueError(f"size must be one of {sorted(REGISTRY)}, got {self.size!r}")
-        if self.steps < 1:
-            raise ValueError("steps must be positive")
+        configlib.require_at_least(self, 1, "steps", "log_every", "image_every", "ckpt_every",
+                                   "max_bad_steps")
         if self.continuous_steps < 0:
             raise ValueError("continuous_steps must be 0 or positive")
 
