@@ -44,6 +44,9 @@ class DemoConfig:
         if not self.pipelines:
             raise ValueError("the demo config names no pipelines")
         for name, a in self.ablations.items():
+            if "of" not in a and a and all(isinstance(v, dict) for v in a.values()):
+                raise ValueError(f"ablation {name!r} holds only tables ({sorted(a)}): a name "
+                                 "with a dot is split by TOML; quote it or drop the dot")
             if a.get("of") not in self.pipelines:
                 raise ValueError(f"ablation {name!r}: 'of' must name one of the pipelines "
                                  f"{sorted(self.pipelines)}, got {a.get('of')!r}")

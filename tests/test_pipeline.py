@@ -136,5 +136,7 @@ def test_demo_ablations_reuse_every_stage_before_their_change(tmp_path):
     assert seed_tables(cfg, r)[0][1]["reuse"].get("gpt") is None
     with pytest.raises(ValueError, match="seeds must be distinct"):
         DemoConfig(pipelines={"g": {}}, seeds=[1, 1])
+    with pytest.raises(ValueError, match="a name with a dot is split by TOML"):
+        DemoConfig(pipelines={"g": {}}, ablations={"t-0": {"8": {"of": "g"}}})
     with pytest.raises(ValueError, match="'of' must name one of the pipelines"):
         DemoConfig(pipelines={"g": {}}, ablations={"x": {"of": "vq"}})
