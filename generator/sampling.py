@@ -113,7 +113,7 @@ def generate(model, labels: torch.Tensor, *, cfg_scale: float = 1.0, schedule: s
         model.setup_cache(cls.shape[0])
     try:
         x = model.cls_embed(cls)[:, None]  # the class token at position 0
-        places = model.places(tokens[:, :0].new_zeros(cls.shape[0], 0, K), class_token=True)
+        places = model.places(tokens.new_zeros(cls.shape[0], 0, K), class_token=True)
         for i in range(N):
             if use_cache:
                 h = model.step(x, i, places)[:, -1]  # [B or 2B, D]

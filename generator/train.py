@@ -271,8 +271,7 @@ class Trainer:
         pointer = self.ckpt_dir / "last.json"
         if not pointer.exists():
             return False
-        recorded = json.loads(pointer.read_text())
-        tag = recorded["tag"]
+        tag = json.loads(pointer.read_text())["tag"]
         state_file = self._state_file(tag)
         if not state_file.exists():
             found = sorted(p.name for p in (self.ckpt_dir / tag).glob("trainer_state_rank*.pt"))

@@ -26,8 +26,6 @@ from launch import config as configlib
 from launch.pipeline import STAGES, Pipeline, StageError, load_pipeline_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.toml"
-SECTIONS = {"data": "data", "tokenizer": "tokenizer", "codes": "codes", "gpt": "gpt",
-            "sample": "sample", "eval": "eval"}  # the pipeline table each stage reads
 
 
 @dataclass
@@ -85,9 +83,8 @@ def ablation_table(cfg: DemoConfig, name: str) -> dict:
     parent = pipeline_table(cfg, parent_name)
     table = configlib.merge_tables(parent, spec)
     reuse = {"data": parent["reuse"]["data"]}
-    for stage in STAGES[1:]:
-        section = SECTIONS[stage]
-        if table.get(section) != parent.get(section):
+    for stage in STAGES[1:]:  # each stage reads the pipeline table of its own name
+        if table.get(stage) != parent.get(stage):
             break
         reuse[stage] = str(Path(parent["out"]) / stage)
     table["out"], table["reuse"] = str(Path(cfg.out) / name), reuse

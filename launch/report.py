@@ -108,7 +108,7 @@ def generation_numbers(run: Path, gpt_dir: Path, sample_dir: Path, eval_dir: Pat
     metrics = json.loads((eval_dir / "result.json").read_text())
     gpt_meta = json.loads((gpt_dir / "gpt.json").read_text())
     sample_cfg = json.loads((sample_dir / "stage.json").read_text())["config"]
-    return {**{k: v for k, v in metrics["metrics"].items()}, "num_generated": len(images),
+    return {**metrics["metrics"], "num_generated": len(images),
             "accuracy_generated": classifier.accuracy(images, labels),
             "train_log": gpt_meta.get("train_log", {}), "rope": gpt_meta["gpt"]["rope"],
             "positions": gpt_meta["gpt"].get("position_component", -1) >= 0,
