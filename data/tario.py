@@ -4,7 +4,7 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 
@@ -82,3 +82,26 @@ def iter_tar_samples(path: Path | str) -> Iterator[dict[str, bytes]]:
         raise TarReadError(f"{path}: {err}") from err
     if current is not None:
         yield current
+
+
+def iter_shard_tolerant(path: Path | str, expected: int | None,
+                        on_loss: Callable[[int, str], None]) -> Iterator[dict[str, bytes]]:
+    """``iter_tar_samples`` for readers that must go on past a damaged shard.
+
+    Yields what the shard holds up to the damage; then, if fewer than ``expected``
+    samples came out (a truncated or unreadable tar), reports the shortfall once as
+    ``on_loss(lost, reason)`` and returns normally. ``expected`` None: only damage the
+    tar reader notices is reported (lost = 0 when the count is unknown)."""
+    seen = 0
+    reason = None
+    try:
+        for sample in iter_tar_samples(path):
+            seen += 1
+            yield sample
+    except TarReadError as err:
+        reason = str(err)
+    lost = 0 if expected is None else max(0, expected - seen)
+    if reason is None and lost:
+        reason = f"{Path(path).name} ends after {seen} of {expected} samples"
+    if reason is not None:
+        on_loss(lost, reason)

@@ -13,30 +13,45 @@ from tqdm import tqdm
 from eval.frechet import frechet_distance, statistics
 from eval.inception import InceptionFeatures
 from eval.prdc import DEFAULT_K, precision_recall
+from eval.sets import ImageSet
 
 GENERATION_METRICS = ("fid", "sfid", "is", "prec", "recall")
-IS_SPLITS = 10
+IS_SPLIT_SIZE = 5000
+IS_CONVENTION = ("ADM: softmax of pool3 x classifier weight (no bias), "
+                 f"mean over consecutive splits of {IS_SPLIT_SIZE} samples")
 
 
-def extract(extractor: InceptionFeatures, images: np.ndarray, batch_size: int = 50,
+def extract(extractor: InceptionFeatures, images, batch_size: int = 50,
             desc: str = "features", progress: bool = True) -> dict[str, np.ndarray]:
-    """Inception features of uint8 images [N, H, W, 3] in batches, with a progress bar."""
+    """Inception features of uint8 images [N, H, W, 3] (an array, or an ``ImageSet``
+    streamed batch by batch) with a progress bar in images."""
+    if isinstance(images, ImageSet):
+        total, batches = images.count, images.batches(batch_size)
+    else:
+        total = len(images)
+        batches = (images[i:i + batch_size] for i in range(0, total, batch_size))
     parts: dict[str, list] = {}
-    for i in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
-                  disable=not progress):
-        for key, value in extractor(images[i:i + batch_size]).items():
-            parts.setdefault(key, []).append(value.numpy())
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
+        for batch in batches:
+            for key, value in extractor(batch).items():
+                parts.setdefault(key, []).append(value.numpy())
+            bar.update(len(batch))
+    if not parts:
+        raise ValueError(f"{desc}: no images could be read")
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def inception_score(logits: np.ndarray, splits: int = IS_SPLITS) -> tuple[float, float]:
-    """Mean and std over splits of exp(E_x KL(p(y|x) || p(y)))."""
+def inception_score(logits: np.ndarray, split_size: int = IS_SPLIT_SIZE) -> tuple[float, float]:
+    """exp(E_x KL(p(y|x) || p(y))) as the ADM evaluator computes it: over consecutive
+    splits of ``split_size`` samples (the last may be shorter), mean and std of the
+    split scores. ADM reports the mean only; at 50k samples that is 10 splits, at 10k
+    it is 2 (not 10 splits of 1k, which reads lower: p(y) over fewer samples)."""
     logits = torch.as_tensor(logits, dtype=torch.float64)
-    probs = torch.softmax(logits, dim=1)
+    log_p = torch.log_softmax(logits, dim=1)
     scores = []
-    for part in torch.tensor_split(probs, splits):
-        py = part.mean(0, keepdim=True)
-        kl = (part * (torch.log(part + 1e-30) - torch.log(py + 1e-30))).sum(1).mean()
+    for part in torch.split(log_p, split_size):
+        log_py = torch.log(part.exp().mean(0, keepdim=True))
+        kl = (part.exp() * (part - log_py)).sum(1).mean()
         scores.append(torch.exp(kl).item())
     return float(np.mean(scores)), float(np.std(scores))
 
@@ -99,7 +114,8 @@ class GenerationEvaluator:
                     "inception-2015-12-05.pt or allow its download")
         if {"prec", "recall"} & set(self.metrics):
             if ref.pool is not None:
-                prec, rec = precision_recall(ref.pool, feats["pool"], DEFAULT_K)
+                prec, rec = precision_recall(ref.pool, feats["pool"], DEFAULT_K,
+                                             device=self.extractor.device)
                 out.update({k: v for k, v in (("prec", prec), ("recall", rec))
                             if k in self.metrics})
             else:
@@ -112,6 +128,7 @@ class GenerationEvaluator:
             "reference": ref.description,
             "weights": self.extractor.weights.to_dict(),
             "resize": self.extractor.resize,
+            "is_convention": IS_CONVENTION,
             "fid_method": fid_method,
         }
 
@@ -120,10 +137,17 @@ class ReconstructionEvaluator:
     """Per-image PSNR/SSIM/LPIPS means; rFID of reconstructions against the real inputs."""
 
     def __init__(self, lpips=None, extractor: InceptionFeatures | None = None,
-                 real_features: np.ndarray | None = None):
+                 real_features: np.ndarray | None = None, ssim_convention: str = "wang"):
         """real_features: pool features of the same real images, in the order ``update``
-        will see them, computed once by the caller (saves an Inception pass per model)."""
+        will see them, computed once by the caller (saves an Inception pass per model).
+        ssim_convention: "wang" or "llamagen" (see ``eval.recon``)."""
+        from eval.recon import SSIM_CONVENTIONS
+
+        if ssim_convention not in SSIM_CONVENTIONS:
+            raise ValueError(f"SSIM convention must be one of {SSIM_CONVENTIONS}, "
+                             f"got {ssim_convention!r}")
         self.lpips, self.extractor, self.real_features = lpips, extractor, real_features
+        self.ssim_convention = ssim_convention
         self.reset()
 
     def reset(self) -> None:
@@ -136,7 +160,7 @@ class ReconstructionEvaluator:
 
         a, b = to_unit(real), to_unit(recon)
         self.values["psnr"].append(psnr(a, b))
-        self.values["ssim"].append(ssim(a, b))
+        self.values["ssim"].append(ssim(a, b, self.ssim_convention))
         if self.lpips is not None:
             with torch.no_grad():
                 self.values["lpips"].append(self.lpips(a.float() * 2 - 1, b.float() * 2 - 1).cpu())
@@ -149,7 +173,8 @@ class ReconstructionEvaluator:
 
     def result(self) -> dict:
         out = {k: float(torch.cat(v).double().mean()) for k, v in self.values.items() if v}
-        info = {"metrics": out, "num_images": int(sum(len(v) for v in self.values["psnr"]))}
+        info = {"metrics": out, "num_images": int(sum(len(v) for v in self.values["psnr"])),
+                "ssim_convention": self.ssim_convention}
         if self.extractor is not None:
             recon = np.concatenate(self._recon)
             real = np.concatenate(self._real) if self.real_features is None else \

@@ -4,11 +4,14 @@
     python -m eval.fid samples.npz shards/digits-heldout --metrics fid,prec,recall
 
 SAMPLES: a .npz with arr_0 (uint8 [N, H, W, 3]), an image folder or an image shard
-folder. REF: the same kinds, or an ADM reference batch whose stored statistics (mu,
-sigma, mu_s, sigma_s) are used as they are. Reference features are computed once and
-cached (~/.cache/gtgen/reference, keyed by the reference's files, the weights and the
-resize). The JSON names the reference, the weights (path, source, SHA-1) and the
-resize; metrics the weights cannot give are listed as unavailable with the reason.
+folder, read in batches (never whole). REF: the same kinds, or an ADM reference batch
+whose stored statistics (mu, sigma, mu_s, sigma_s) are used as they are; its images
+are embedded only when a metric needs them (precision/recall). Reference features are
+computed once and cached (~/.cache/gtgen/reference, keyed by the reference's files,
+the weights and the resize). The JSON names the reference, the sample count, the
+weights (path, source, SHA-1), the resize, the IS convention, and whether the row is
+comparable with published ADM-evaluator numbers; metrics the weights cannot give are
+listed as unavailable with the reason. Every input problem is one line and exit 2.
 """
 
 import argparse
@@ -21,35 +24,49 @@ import torch
 
 from eval.evaluator import GENERATION_METRICS, GenerationEvaluator, Reference, extract
 from eval.frechet import METHODS
-from eval.inception import RESIZES, InceptionFeatures
-from eval.sets import STAT_KEYS, ImageSetError, fingerprint, load_set
+from eval.inception import ADM_RESIZE, RESIZES, InceptionFeatures
+from eval.leaderboard import comparability_problems
+from eval.sets import ImageSet, ImageSetError, fingerprint, open_set
 from eval.weights import WeightsUnavailable, resolve_inception
+from launch.config import positive_int
 
 CACHE = Path.home() / ".cache" / "gtgen" / "reference"
+# bump when the features change meaning (v2: sFID in ADM's (row, column, channel) order)
+FEATURES_VERSION = "v2"
+
+
+def reference_needs_images(stats: dict, metrics) -> bool:
+    """Whether the requested metrics need the reference's images embedded, or its
+    stored statistics suffice (FID: mu/sigma, sFID: mu_s/sigma_s; P/R always embed)."""
+    metrics = set(metrics)
+    return bool(metrics & {"prec", "recall"}) or ("fid" in metrics and "mu" not in stats) \
+        or ("sfid" in metrics and "mu_s" not in stats)
 
 
 def load_reference(path, extractor: InceptionFeatures, batch_size: int, use_cache: bool = True,
-                   progress: bool = True) -> Reference:
-    data = load_set(path)
-    stats = {k: data[k] for k in STAT_KEYS if k in data}
-    kind = "ADM reference batch (stored statistics)" if stats else "image set"
-    description = f"{Path(path).resolve()} [{kind}]"
-    if "arr_0" not in data:
-        return Reference(description, stats=stats)
-    cache = CACHE / (f"{fingerprint(path)}-{extractor.weights.sha1[:12]}-{extractor.resize}.npz")
+                   progress: bool = True, metrics=GENERATION_METRICS) -> Reference:
+    data = path if isinstance(path, ImageSet) else open_set(path)
+    kind = "ADM reference batch (stored statistics)" if data.stats else "image set"
+    description = f"{data.path.resolve()} [{kind}]"
+    if not data.has_images or not reference_needs_images(data.stats, metrics):
+        return Reference(description, stats=data.stats)
+    if data.count < 2:
+        raise ImageSetError(f"{data.path}: holds {data.count} image; statistics need 2 or more")
+    key = f"{fingerprint(data.path)}-{extractor.weights.sha1[:12]}-{extractor.resize}"
+    cache = CACHE / f"{key}-{FEATURES_VERSION}.npz"
     if use_cache and cache.exists():
         with np.load(cache) as f:
             feats = {k: f[k] for k in f.files}
     else:
-        feats = extract(extractor, data["arr_0"], batch_size, "reference", progress)
-        if use_cache:
+        feats = extract(extractor, data, batch_size, "reference", progress)
+        if use_cache and not data.skipped:
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_name(cache.name + ".tmp.npz")
             np.savez(tmp, **{k: v.astype(np.float32) for k, v in feats.items()})
             tmp.replace(cache)
-    description += f", {len(data['arr_0'])} images"
+    description += f", {len(feats['pool'])} images"
     return Reference(description, pool=feats["pool"].astype(np.float64),
-                     spatial=feats["spatial"].astype(np.float64), stats=stats)
+                     spatial=feats["spatial"].astype(np.float64), stats=data.stats)
 
 
 def format_table(result: dict) -> str:
@@ -65,8 +82,31 @@ def format_table(result: dict) -> str:
     lines += ["", f"samples: {result['num_samples']} from {result['samples']}",
               f"reference: {result['reference']}",
               f"weights: {result['weights']['source']} {result['weights']['path']} "
-              f"(sha1 {result['weights']['sha1'][:12]}), resize {result['resize']}"]
+              f"(sha1 {result['weights']['sha1'][:12]}), resize {result['resize']}",
+              f"IS: {result['is_convention']}",
+              "comparable with published ADM-evaluator rows: " + (
+                  "yes" if result["adm_comparable"] else
+                  "no (" + "; ".join(result["not_comparable_because"]) + ")")]
     return "\n".join(lines)
+
+
+def check_device(device: str) -> torch.device:
+    """A torch device that exists here, or ValueError naming what is missing."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {device!r}: not a device name ({err})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this machine has no CUDA GPU (use --device cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) here")
+    return dev
+
+
+def check_output(path: Path | None, flag: str) -> None:
+    """Refuse an output path whose folder does not exist, before any work is done."""
+    if path is not None and not path.parent.is_dir():
+        raise ValueError(f"{flag} {path}: the folder {path.parent} does not exist")
 
 
 def main(argv=None) -> int:
@@ -77,36 +117,55 @@ def main(argv=None) -> int:
     parser.add_argument("--metrics", default=",".join(GENERATION_METRICS),
                         help=f"comma-separated subset of {','.join(GENERATION_METRICS)}")
     parser.add_argument("--json", type=Path, help="also write the full result here")
-    parser.add_argument("--batch-size", type=int, default=50, help="images per forward pass")
-    parser.add_argument("--resize", choices=RESIZES, default="tf-bilinear",
-                        help="resize convention to 299 px (see eval/inception.py)")
+    parser.add_argument("--batch-size", type=positive_int, default=50,
+                        help="images per forward pass")
+    parser.add_argument("--resize", choices=RESIZES, default=ADM_RESIZE,
+                        help="resize convention to 299 px: tf1-bilinear is the ADM "
+                             "evaluator's (use it to compare with published tables); see "
+                             "eval/inception.py")
     parser.add_argument("--inception", help="Inception TorchScript file (else resolved: "
                                             "$GTGEN_INCEPTION_WEIGHTS, caches, packages, download)")
     parser.add_argument("--no-download", action="store_true", help="never download weights")
     parser.add_argument("--fid-method", choices=METHODS, default="eig",
                         help="matrix square-root route of the Fréchet distance")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="device for feature extraction")
+                        help="device for feature extraction and precision/recall")
     parser.add_argument("--no-cache", action="store_true", help="recompute reference features")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     try:
-        weights = resolve_inception(args.inception, download=not args.no_download)
-        extractor = InceptionFeatures(weights, args.resize).to(args.device)
-        samples = load_set(args.samples)
-        if "arr_0" not in samples:
+        unknown = sorted(set(metrics) - set(GENERATION_METRICS))
+        if unknown or not metrics:
+            raise ValueError(f"--metrics: unknown {unknown or 'empty list'}; choose from "
+                             f"{','.join(GENERATION_METRICS)}")
+        check_output(args.json, "--json")
+        device = check_device(args.device)
+        samples = open_set(args.samples)
+        if not samples.has_images:
             raise ImageSetError(f"{args.samples}: holds statistics only; samples need images")
-        reference = load_reference(args.ref, extractor, args.batch_size, not args.no_cache,
-                                   not args.quiet)
+        if samples.count < 2:
+            raise ImageSetError(f"{args.samples}: holds {samples.count} image; the metrics "
+                                "need 2 or more")
+        ref = open_set(args.ref)
+        weights = resolve_inception(args.inception, download=not args.no_download)
+        extractor = InceptionFeatures(weights, args.resize).to(device)
+        reference = load_reference(ref, extractor, args.batch_size, not args.no_cache,
+                                   not args.quiet, metrics)
         evaluator = GenerationEvaluator(extractor, reference, metrics, args.batch_size,
                                         not args.quiet)
-        evaluator.update(samples["arr_0"])
+        evaluator.update(samples)
         result = evaluator.result(args.fid_method)
     except (ImageSetError, WeightsUnavailable, ValueError) as err:
         print(f"eval.fid: {err}", file=sys.stderr)
         return 2
     result["samples"] = str(Path(args.samples).resolve())
+    result["skipped"] = {"samples": samples.skipped, "reference": ref.skipped}
+    problems = comparability_problems(result)
+    result["adm_comparable"], result["not_comparable_because"] = not problems, problems
+    if ref.stats and problems:
+        print(f"eval.fid: warning: the reference holds ADM statistics but this result is not "
+              f"comparable with them: {'; '.join(problems)}", file=sys.stderr)
     print(format_table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")

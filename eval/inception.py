@@ -2,15 +2,21 @@
 
 Images are resized to 299 x 299 and mapped to (x - 128) / 128, then run through the
 TorchScript trunk layer by layer, which lets us tap the spatial features of sFID on
-the way: the first 7 channels of ``mixed_6``'s 1x1 branch (``mixed_6/conv``), 7 x 17 x
-17 = 2023 values, as the ADM evaluator defines them. ``pool`` is the 2048-d pool3
-vector of FID; ``logits`` (1008 classes) exist only when the weights carry the
-classifier head (NVIDIA's file does, the packaged trunk does not).
+the way: the first 7 channels of ``mixed_6``'s 1x1 branch (``mixed_6/conv``), 17 x 17
+x 7 = 2023 values, flattened in TensorFlow's (row, column, channel) order as the ADM
+evaluator flattens them, so that they match the ``mu_s`` / ``sigma_s`` stored in its
+reference batches. ``pool`` is the 2048-d pool3 vector of FID; ``logits`` (1008
+classes) exist only when the weights carry the classifier head (NVIDIA's file does,
+the packaged trunk does not), and are computed as ADM computes them for the Inception
+Score: pool3 times the head's weight, without its bias.
 
 Resize conventions (recorded in every result):
-  "tf-bilinear": bilinear, align_corners=False, no antialias, on float pixels: what
-      the TF graph of the ADM evaluator does to its uint8 input (the default, for
-      comparisons with ADM reference batches);
+  "tf1-bilinear" (default): TensorFlow 1's ResizeBilinear without half-pixel centres,
+      which the ADM evaluator's graph applies to its float input: output pixel d reads
+      the source at d * in / out (floor and the next pixel, clamped at the border).
+      Use it for every comparison with ADM reference batches and published tables.
+  "torch-bilinear": ``F.interpolate(bilinear, align_corners=False)`` (half-pixel
+      centres), which is clean-fid's ``legacy_pytorch``; not ADM's resize.
   "clean": clean-fid's PIL bicubic with antialias on each float channel.
 """
 
@@ -20,7 +26,8 @@ import torch.nn.functional as F
 
 from eval.weights import ResolvedWeights
 
-RESIZES = ("tf-bilinear", "clean")
+RESIZES = ("tf1-bilinear", "torch-bilinear", "clean")
+ADM_RESIZE = "tf1-bilinear"
 SPATIAL_CHANNELS = 7
 
 
@@ -35,14 +42,23 @@ def _trunk(module):
 class InceptionFeatures(torch.nn.Module):
     """uint8 images [N, H, W, 3] (numpy or tensor) -> dict of pool, spatial (and logits)."""
 
-    def __init__(self, weights: ResolvedWeights, resize: str = "tf-bilinear"):
+    def __init__(self, weights: ResolvedWeights, resize: str = ADM_RESIZE):
         super().__init__()
         if resize not in RESIZES:
             raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
         self.weights, self.resize = weights, resize
-        self.module = torch.jit.load(weights.path, map_location="cpu").eval()
+        try:
+            self.module = torch.jit.load(weights.path, map_location="cpu").eval()
+        except (RuntimeError, ValueError, OSError) as err:
+            raise ValueError(f"Inception weights {weights.path}: not a TorchScript file "
+                             f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+                             ) from err
         self.layers = list(_trunk(self.module).named_children())
         self.head = getattr(self.module, "output", None)
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.module.parameters())).device
 
     @property
     def has_logits(self) -> bool:
@@ -55,10 +71,11 @@ class InceptionFeatures(torch.nn.Module):
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be uint8 [N, H, W, 3], got {images.dtype} "
                              f"{list(images.shape)}")
-        device = next(iter(self.module.parameters())).device
-        x = images.to(device).permute(0, 3, 1, 2).float()
+        x = images.to(self.device).permute(0, 3, 1, 2).float()
         if x.shape[-2:] != (299, 299):
-            if self.resize == "tf-bilinear":
+            if self.resize == "tf1-bilinear":
+                x = tf1_resize_bilinear(x, 299)
+            elif self.resize == "torch-bilinear":
                 x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
             else:
                 x = _clean_resize(x)
@@ -70,12 +87,53 @@ class InceptionFeatures(torch.nn.Module):
         spatial = None
         for name, layer in self.layers:
             if name == "mixed_6":
-                spatial = layer.conv(x)[:, :SPATIAL_CHANNELS].flatten(1)
+                spatial = adm_spatial(layer.conv(x))
             x = layer(x)
         out = {"pool": x.flatten(1).double().cpu(), "spatial": spatial.double().cpu()}
         if self.head is not None:
-            out["logits"] = self.head(x.flatten(1)).double().cpu()
+            out["logits"] = head_logits(x.flatten(1), self.head.weight).double().cpu()
         return out
+
+
+def adm_spatial(conv: torch.Tensor) -> torch.Tensor:
+    """mixed_6/conv output [N, C, 17, 17] -> [N, 17 * 17 * 7] in ADM's order.
+
+    ADM takes ``spatial[..., :7]`` of the NHWC tensor and reshapes it to [N, -1], so
+    the channel index runs fastest: (row, column, channel)."""
+    return conv[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).flatten(1)
+
+
+def head_logits(pool: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """[N, 2048] pool3 -> [N, 1008] logits as ADM's Inception Score takes them: the
+    classifier's matrix product only (``softmax/logits/MatMul``), no bias."""
+    return pool @ weight.to(pool.dtype).t()
+
+
+def tf1_resize_weights(n_in: int, n_out: int) -> torch.Tensor:
+    """[n_out, n_in] float64 interpolation matrix of TF1 ResizeBilinear along one axis
+    (align_corners=False, half_pixel_centers=False).
+
+    TensorFlow computes the source coordinate in float32: s = float(d) * (n_in / n_out),
+    reads pixels floor(s) and min(ceil(s), n_in - 1), weighted 1 - (s - floor(s)) and
+    s - floor(s)."""
+    scale = np.float32(n_in / n_out)
+    s = np.arange(n_out, dtype=np.float32) * scale
+    lo = np.floor(s)
+    frac = (s - lo).astype(np.float64)
+    lo = lo.astype(np.int64)
+    hi = np.minimum(np.ceil(s).astype(np.int64), n_in - 1)
+    w = np.zeros((n_out, n_in))
+    rows = np.arange(n_out)
+    np.add.at(w, (rows, lo), 1 - frac)
+    np.add.at(w, (rows, hi), frac)
+    return torch.from_numpy(w)
+
+
+def tf1_resize_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
+    """[N, C, H, W] float -> [N, C, size, size] with TF1's ResizeBilinear (separable)."""
+    wy = tf1_resize_weights(x.shape[-2], size).to(x.device, x.dtype)
+    wx = tf1_resize_weights(x.shape[-1], size).to(x.device, x.dtype)
+    return wy @ x @ wx.t()
 
 
 def _clean_resize(x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,9 @@ import json
 import sys
 from pathlib import Path
 
+from eval.inception import ADM_RESIZE
+from eval.weights import is_known_inception
+
 ADM_REF = "ADM VIRTUAL_imagenet256_labeled.npz"
 ADM_WEIGHTS = "TF inception-2015-12-05 (ADM evaluator)"
 # (model, gFID, IS, precision, recall, params, tokens, note) — ImageNet 256, class-conditional
@@ -42,23 +45,79 @@ def _fmt(value, digits=2):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def comparability_problems(result: dict) -> list[str]:
+    """Why a result cannot sit beside the published ADM-evaluator rows (empty: it can).
+
+    Only results against an ADM reference batch (stored statistics) are candidates;
+    they must use the TF1 resize and the inception-2015-12-05 weights."""
+    if "ADM reference batch" not in result.get("reference", ""):
+        return ["reference is not an ADM batch"]
+    problems = []
+    if result.get("resize") != ADM_RESIZE:
+        problems.append(f"resize {result.get('resize')} (ADM: {ADM_RESIZE})")
+    if not is_known_inception(result.get("weights", {})):
+        problems.append("weights not known to be inception-2015-12-05")
+    return problems
+
+
+class NotAResult(ValueError):
+    """A JSON file that is not what eval.fid writes."""
+
+
+def _number(value, where: str):
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value
+    raise NotAResult(f"{where} is {type(value).__name__} {value!r}, expected a number")
+
+
+def check_result(result) -> dict:
+    """The fields the table reads, type-checked; NotAResult names the first bad one."""
+    if not isinstance(result, dict):
+        raise NotAResult(f"top level is a JSON {type(result).__name__}, expected an object")
+    for key in ("metrics", "reference"):
+        if key not in result:
+            raise NotAResult(f"no {key!r} field")
+    if not isinstance(result["metrics"], dict):
+        raise NotAResult(f"'metrics' is a {type(result['metrics']).__name__}, expected an object")
+    for key, value in result["metrics"].items():
+        _number(value, f"metrics.{key}")
+    if not isinstance(result["reference"], str):
+        raise NotAResult("'reference' is not a string")
+    weights = result.get("weights", {})
+    if not isinstance(weights, dict):
+        raise NotAResult(f"'weights' is a {type(weights).__name__}, expected an object")
+    for key in ("sha1", "source", "path"):
+        if key in weights and not isinstance(weights[key], str):
+            raise NotAResult(f"weights.{key} is {weights[key]!r}, expected a string")
+    if "num_samples" in result and (not isinstance(result["num_samples"], int)
+                                    or isinstance(result["num_samples"], bool)):
+        raise NotAResult(f"num_samples is {result['num_samples']!r}, expected an integer")
+    return result
+
+
 def render(results: list[tuple[str, dict]]) -> str:
-    lines = ["| model | gFID | sFID | IS | Prec | Rec | params | tokens | reference | weights |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | gFID | sFID | IS | Prec | Rec | samples | params | tokens | reference "
+             "| weights | comparable |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results:
         m = r["metrics"]
         w = r.get("weights", {})
+        problems = comparability_problems(r)
+        comparable = "yes" if not problems else "no: " + "; ".join(problems)
         lines.append(
             f"| **{r.get('model', name)}** (ours) | {_fmt(m.get('fid'))} | {_fmt(m.get('sfid'))} "
             f"| {_fmt(m.get('is'), 1)} | {_fmt(m.get('prec'))} | {_fmt(m.get('recall'))} "
-            f"| {r.get('params', '-')} | {r.get('tokens', '-')} | {r['reference']} "
-            f"| {w.get('source', '?')} sha1 {w.get('sha1', '?')[:12]}, {r.get('resize', '?')} |")
+            f"| {r.get('num_samples', '?')} | {r.get('params', '-')} | {r.get('tokens', '-')} "
+            f"| {r['reference']} | {w.get('source', '?')} sha1 {str(w.get('sha1', '?'))[:12]}, "
+            f"{r.get('resize', '?')} | {comparable} |")
     for model, fid, is_, p, rec, params, tokens, note in PUBLISHED:
         label = f"{model} ({note})" if note else model
         lines.append(f"| {label} | {_fmt(fid)} | - | {_fmt(is_, 1)} | {_fmt(p)} | {_fmt(rec)} "
-                     f"| {params} | {tokens} | {ADM_REF} | {ADM_WEIGHTS} |")
+                     f"| 50000 | {params} | {tokens} | {ADM_REF} | {ADM_WEIGHTS} | published |")
     lines += ["", "| tokenizer | rFID | tokens | reference |", "|---|---|---|---|"]
     lines += [f"| {n} | {_fmt(v)} | {t} | {ref} |" for n, v, t, ref in PUBLISHED_RFID]
+    lines += ["", "IS as the ADM evaluator computes it (classifier weight without bias, splits "
+              "of 5,000); SSIM, where shown, names its convention."]
     return "\n".join(lines)
 
 
@@ -68,12 +127,15 @@ def main(argv=None) -> int:
     parser.add_argument("results", nargs="*", type=Path, help="result JSON files of eval.fid")
     parser.add_argument("--out", type=Path, help="write the table here as well")
     args = parser.parse_args(argv)
+    if args.out is not None and not args.out.parent.is_dir():
+        print(f"eval.leaderboard: --out {args.out}: the folder {args.out.parent} does not exist",
+              file=sys.stderr)
+        return 2
     results = []
     for path in args.results:
         try:
-            result = json.loads(path.read_text())
-            result["metrics"], result["reference"]
-        except (OSError, ValueError, KeyError) as err:
+            result = check_result(json.loads(path.read_text()))
+        except (OSError, ValueError) as err:
             print(f"eval.leaderboard: {path}: not an eval.fid result ({err})", file=sys.stderr)
             return 2
         results.append((path.stem, result))

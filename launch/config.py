@@ -180,3 +180,16 @@ def dumps_table(table: dict) -> str:
 def dumps(config) -> str:
     """TOML text of a resolved config."""
     return dumps_table(to_dict(config))
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (batch sizes, counts, limits)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value

@@ -17,7 +17,7 @@ def _npz(path, **arrays):
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    (b"not a zip at all", "not a readable .npz"),
+    (b"not a zip at all", r"not a .npz file \(a .npz is a zip archive"),
     (None, "has neither 'arr_0'"),
     ("gray", r"expected uint8 images \[N, H, W, 3\], got uint8 array of shape \[4, 8, 8\]"),
     ("float", "got float64 array"),

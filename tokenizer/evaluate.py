@@ -25,7 +25,9 @@ from tqdm import tqdm
 
 from data.loader import make_image_loader
 from eval.evaluator import ReconstructionEvaluator
+from eval.recon import SSIM_CONVENTIONS
 from kernels import splat
+from launch.config import positive_int
 from tokenizer.gaussian import code_usage
 from tokenizer.layout import content_mass
 from tokenizer.registry import load_tokenizer
@@ -70,15 +72,15 @@ class GeometryStatistics:
 
 @torch.no_grad()
 def evaluate(model, data, *, batch_size=64, lpips=None, extractor=None, limit=None,
-             progress=True, real_features=None) -> dict:
+             progress=True, real_features=None, ssim_convention="wang") -> dict:
     """Rows per reconstruction mode (rFID on the tokens row only) and, for GaussianToken,
     geometry statistics; every image of ``data`` unless ``limit``."""
     size = model.cfg.image_size
     loader = make_image_loader(data, batch_size=batch_size, image_size=size, train=False)
     gaussian = model.cfg.kind == "gaussian"
     modes = MODES if gaussian else {"tokens": True}
-    evaluators = {m: ReconstructionEvaluator(lpips, extractor, real_features) if m == "tokens"
-                  else ReconstructionEvaluator(lpips) for m in modes}
+    evaluators = {m: ReconstructionEvaluator(lpips, extractor if m == "tokens" else None,
+                                             real_features, ssim_convention) for m in modes}
     geometry = GeometryStatistics(model) if gaussian else None
     counts = torch.zeros(model.cfg.quantizer.codebook_size)
     seen = 0
@@ -100,7 +102,7 @@ def evaluate(model, data, *, batch_size=64, lpips=None, extractor=None, limit=No
         row["metrics"].update({"codebook_usage": usage, "codebook_perplexity": perplexity})
     report = {"data": str(Path(data).resolve()), "num_images": seen, "kind": model.cfg.kind,
               "bits_per_image": bits_per_image(model), "num_tokens": model.num_tokens,
-              "results": rows}
+              "ssim_convention": ssim_convention, "results": rows}
     if geometry is not None:
         report["geometry"] = geometry.result()
     return report
@@ -115,7 +117,8 @@ def format_table(report: dict) -> str:
                                                  for k in keys]) + " |")
     lines.append(f"\n{report['num_images']} images of {report['data']}; "
                  f"{report['num_tokens']} tokens, {report['bits_per_image']:.0f} bits per image; "
-                 "rFID (tokens row) against the same real images")
+                 f"rFID (tokens row) against the same real images; SSIM convention "
+                 f"{report.get('ssim_convention', 'wang')}")
     if "geometry" in report:
         stats = report["geometry"].items()
         lines.append("geometry: " + ", ".join(f"{k} {v:.3f}" for k, v in stats))
@@ -127,8 +130,12 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="checkpoint .pt or exported .safetensors")
     parser.add_argument("--data", required=True, help="image shard folder to reconstruct")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--limit", type=int, help="evaluate at most this many images")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--limit", type=positive_int, help="evaluate at most this many images")
+    parser.add_argument("--ssim", choices=SSIM_CONVENTIONS, default="wang",
+                        help="SSIM convention: wang (Wang et al., Gaussian 11x11 window) or "
+                             "llamagen (skimage defaults with data_range 2, as LlamaGen "
+                             "reports; reads 0.05-0.14 higher); see eval/recon.py")
     parser.add_argument("--no-rfid", action="store_true", help="skip rFID (no Inception pass)")
     parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     parser.add_argument("--json", type=Path, help="also write the report here")
@@ -146,7 +153,8 @@ def main(argv=None) -> int:
             from eval.weights import resolve_inception
             extractor = InceptionFeatures(resolve_inception())
         report = evaluate(model, args.data, batch_size=args.batch_size, lpips=lpips,
-                          extractor=extractor, limit=args.limit, progress=not args.quiet)
+                          extractor=extractor, limit=args.limit, progress=not args.quiet,
+                          ssim_convention=args.ssim)
     except (FileNotFoundError, ValueError) as err:
         print(f"tokenizer.evaluate: {err}", file=sys.stderr)
         return 2
