@@ -17,6 +17,7 @@ drawn per sample per epoch (the first view when ``train=False``).
 
 import io
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from data.build_shards import FORMAT_TAG as IMAGE_FORMAT
 from data.images import center_crop_array, decode_image
 from data.loader import own_generator
 from data.stream import ShardSetError, ShardStream, read_manifest
-from data.tario import atomic_write_json, iter_tar_samples, write_tar_atomic
+from data.tario import atomic_write_json, iter_shard_tolerant, write_tar_atomic
 
 FORMAT_TAG = "gtgen-tokens-v1"
 VIEWS = {"center": 1, "flip": 2, "tencrop": 10}
@@ -123,13 +124,27 @@ def write_token_shards(
     bar = tqdm(total=sum(s["count"] for s in mine), unit="img", desc="tokens",
                disable=not progress, initial=sum(s["count"] for s in mine if s not in todo))
     for shard in todo:
-        keys, labels, tokens = [], [], []
-        for chunk in _batched(iter_tar_samples(image_dir / shard["name"]), batch_size):
-            views_u8 = torch.stack([make_views(decode_image(s[fmt]), image_size, views)
-                                    for s in chunk])  # [b, A, 3, S, S]
+        keys, labels, tokens, lost = [], [], [], []
+
+        def on_loss(n, reason, lost=lost):
+            lost.append(n)
+            print(f"warning: skipping {n} image(s) of a damaged shard: {reason}",
+                  file=sys.stderr)
+
+        def decoded(samples, name=shard["name"], on_loss=on_loss):
+            for s in samples:
+                try:
+                    yield s["__key__"], make_views(decode_image(s[fmt]), image_size, views), \
+                        int(s["cls"])
+                except Exception as err:  # a damaged sample: skip it, count it, say so
+                    on_loss(1, f"{name} sample {s['__key__']} ({type(err).__name__})")
+
+        samples_in = iter_shard_tolerant(image_dir / shard["name"], shard.get("count"), on_loss)
+        for chunk in _batched(decoded(samples_in), batch_size):
+            views_u8 = torch.stack([c[1] for c in chunk])  # [b, A, 3, S, S]
             tokens.extend(_encode_views(encode, views_u8))
-            keys.extend(s["__key__"] for s in chunk)
-            labels.extend(int(s["cls"]) for s in chunk)
+            keys.extend(c[0] for c in chunk)
+            labels.extend(c[2] for c in chunk)
             bar.update(len(chunk))
         for t in tokens:
             if t.min() < 0 or np.any(t.max(axis=(0, 1)) >= np.asarray(vocab_sizes)):
@@ -140,7 +155,8 @@ def write_token_shards(
         count = write_tar_atomic(out_dir / shard["name"], samples)
         shape = list(tokens[0].shape) if tokens else None
         atomic_write_json(out_dir / (shard["name"] + ".json"),
-                          {"name": shard["name"], "count": count, "shape": shape})
+                          {"name": shard["name"], "count": count, "shape": shape,
+                           "skipped": sum(lost)})
         written.append(shard["name"])
     bar.close()
     return written
@@ -158,12 +174,14 @@ def finalize_token_shards(image_dir: Path | str, out_dir: Path | str) -> dict:
             raise ShardSetError(f"{out_dir} lacks the token shard of {s['name']}: "
                                 "run the extraction for every rank first")
         info = json.loads(sidecar.read_text())
-        shards.append({"name": info["name"], "count": info["count"]})
+        shards.append({"name": info["name"], "count": info["count"],
+                       "skipped": info.get("skipped", 0)})
         shape = shape or info["shape"]
     manifest = {"format": FORMAT_TAG, **settings, "num_views": shape[0] if shape else 0,
                 "num_tokens": shape[1] if shape else 0, "tuple_size": shape[2] if shape else 0,
                 "num_classes": image_manifest["num_classes"],
-                "total": sum(s["count"] for s in shards), "shards": shards}
+                "total": sum(s["count"] for s in shards),
+                "skipped": sum(s["skipped"] for s in shards), "shards": shards}
     atomic_write_json(out_dir / "manifest.json", manifest)
     return manifest
 

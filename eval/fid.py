@@ -28,7 +28,7 @@ from eval.inception import ADM_RESIZE, RESIZES, InceptionFeatures
 from eval.leaderboard import comparability_problems
 from eval.sets import ImageSet, ImageSetError, fingerprint, open_set
 from eval.weights import WeightsUnavailable, resolve_inception
-from launch.config import positive_int
+from launch.config import one_line_parser, positive_int
 
 CACHE = Path.home() / ".cache" / "gtgen" / "reference"
 # bump when the features change meaning (v2: sFID in ADM's (row, column, channel) order)
@@ -110,7 +110,7 @@ def check_output(path: Path | None, flag: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.fid", description=__doc__,
+    parser = one_line_parser(prog="python -m eval.fid", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("samples", help="samples: .npz (arr_0), image folder or shard folder")
     parser.add_argument("ref", help="reference: ADM batch .npz, .npz, image or shard folder")

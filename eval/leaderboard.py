@@ -16,6 +16,7 @@ from pathlib import Path
 
 from eval.inception import ADM_RESIZE
 from eval.weights import is_known_inception
+from launch.config import one_line_parser
 
 ADM_REF = "ADM VIRTUAL_imagenet256_labeled.npz"
 ADM_WEIGHTS = "TF inception-2015-12-05 (ADM evaluator)"
@@ -122,7 +123,7 @@ def render(results: list[tuple[str, dict]]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.leaderboard", description=__doc__,
+    parser = one_line_parser(prog="python -m eval.leaderboard", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="*", type=Path, help="result JSON files of eval.fid")
     parser.add_argument("--out", type=Path, help="write the table here as well")

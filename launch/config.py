@@ -193,3 +193,17 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def one_line_parser(**kwargs):
+    """An ``argparse.ArgumentParser`` whose usage errors are one line
+    (``prog: error: ...``) with exit status 2, like our other input errors."""
+    import argparse
+    import sys
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message):
+            print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+            sys.exit(2)
+
+    return _Parser(**kwargs)

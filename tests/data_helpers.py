@@ -39,3 +39,28 @@ def make_index_shards(tmp: Path, n: int, shard_size: int, name="shards") -> Path
     build_shards(out, BuildSettings(str(src), 8, "center", "png", shard_size), src=src,
                  progress=False)
     return out
+
+
+def damage_index_shards(folder: Path) -> list[int]:
+    """Damage a 12-image, 4-per-shard set from ``make_index_shards``: sample 1's image
+    becomes garbage and shard 2 is cut inside its 2nd sample. Returns the indices that
+    survive (4 images are lost: 1, and 9-11)."""
+    import io
+    import tarfile
+
+    from data.tario import write_tar_atomic
+
+    def png(i):
+        buf = io.BytesIO()
+        index_image(i).save(buf, format="PNG")
+        return buf.getvalue()
+
+    samples = [{"__key__": f"{i:08d}", "png": png(i) if i != 1 else b"\x89PNG garbage",
+                "cls": b"0"} for i in range(4)]
+    write_tar_atomic(folder / "shard-000000.tar", samples)
+    path = folder / "shard-000002.tar"
+    with tarfile.open(path) as tar:
+        cut = tar.getmembers()[4].offset_data + 10  # inside the 2nd sample
+    with open(path, "r+b") as f:
+        f.truncate(cut)
+    return [0, 2, 3, 4, 5, 6, 7, 8]

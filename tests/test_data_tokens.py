@@ -14,7 +14,7 @@ from data.tokens import (
     make_views,
     write_token_shards,
 )
-from tests.data_helpers import index_image, make_index_shards
+from tests.data_helpers import damage_index_shards, index_image, make_index_shards
 
 N_TOKENS, VOCABS = 3, [70000, 16]
 
@@ -123,3 +123,14 @@ def test_bad_encoder_output_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="outside the vocabularies"):
         _write(tmp_path, images, out="t2", vocab_sizes=[5, 16])
     assert json.loads((tmp_path / "t2" / "settings.json").read_text())["vocab_sizes"] == [5, 16]
+
+
+def test_damaged_image_shards_are_skipped_and_counted(tmp_path, capsys):
+    images = make_index_shards(tmp_path, 12, shard_size=4)
+    survivors = damage_index_shards(images)
+    _write(tmp_path, images)
+    manifest = finalize_token_shards(images, tmp_path / "tokens")
+    assert manifest["total"] == len(survivors) and manifest["skipped"] == 4
+    assert "damaged shard" in capsys.readouterr().err
+    labels = [label for _, label in TokenShards(tmp_path / "tokens", train=False, shuffle=False)]
+    assert len(labels) == len(survivors)

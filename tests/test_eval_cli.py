@@ -4,6 +4,7 @@ import json
 import pickle
 
 import numpy as np
+import torch
 import pytest
 
 from eval import fid, leaderboard
@@ -129,3 +130,126 @@ def test_leaderboard_rejects_non_results(tmp_path, capsys):
     bad.write_text('{"hello": 1}')
     assert leaderboard.main([str(bad)]) == 2
     assert "not an eval.fid result" in capsys.readouterr().err
+
+
+def _one_line_rc2(main, args, capsys):
+    """Run a command's main; it must exit 2 with exactly one line on stderr."""
+    try:
+        rc = main(args)
+    except SystemExit as exit_:  # argparse usage errors
+        rc = exit_.code
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err and "\n" not in err, (rc, err)
+    return err
+
+
+@pytest.fixture()
+def sample_and_ref(tmp_path):
+    return (str(_npz(tmp_path / "s.npz", arr_0=_images(4, 0))),
+            str(_npz(tmp_path / "r.npz", arr_0=_images(4, 1))))
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncated"])
+def test_damaged_png_in_a_folder_is_named(tmp_path, capsys, sample_and_ref, damage):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, img in enumerate(_images(3, 2)):
+        Image.fromarray(img).save(folder / f"{i}.png")
+    bad = folder / "1.png"
+    data = bad.read_bytes()
+    bad.write_bytes(b"garbage" * 10 if damage == "corrupt" else data[: len(data) // 2])
+    err = _one_line_rc2(fid.main, [str(folder), sample_and_ref[1], "--quiet", "--no-cache"],
+                        capsys)
+    assert "1.png: not a readable image" in err
+
+
+def test_bad_arguments_fail_before_any_work(tmp_path, capsys, sample_and_ref, monkeypatch):
+    samples, ref = sample_and_ref
+    monkeypatch.setattr(fid, "extract", lambda *a, **k: pytest.fail("features were computed"))
+    not_ts = tmp_path / "weights.pt"
+    not_ts.write_bytes(b"\x80\x04not torchscript")
+    cases = [
+        (["--batch-size", "0"], "expected a positive integer, got 0"),
+        (["--batch-size", "-1"], "expected a positive integer"),
+        (["--json", str(tmp_path / "missing" / "r.json")], "does not exist"),
+        (["--inception", str(not_ts)], "not a TorchScript file"),
+        (["--metrics", "fid,bogus"], "unknown ['bogus']"),
+        (["--device", "warp9"], "not a device name"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "has no CUDA GPU"))
+    for extra, message in cases:
+        err = _one_line_rc2(fid.main, [samples, ref, "--quiet", *extra], capsys)
+        assert message in err, (extra, err)
+
+
+def test_one_image_set_names_the_file(tmp_path, capsys, sample_and_ref):
+    one = _npz(tmp_path / "one.npz", arr_0=_images(1, 0))
+    err = _one_line_rc2(fid.main, [str(one), sample_and_ref[1], "--quiet"], capsys)
+    assert "one.npz: holds 1 image" in err
+    err = _one_line_rc2(fid.main, [sample_and_ref[0], str(one), "--quiet", "--no-cache"], capsys)
+    assert "one.npz: holds 1 image" in err
+
+
+GOOD = {"metrics": {"fid": 3.1}, "reference": "x", "num_samples": 10,
+        "weights": {"source": "s", "sha1": "abc", "path": "p"}, "resize": "tf1-bilinear"}
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ([GOOD], "top level is a JSON list"),
+    ({**GOOD, "metrics": [3.1]}, "'metrics' is a list"),
+    ({**GOOD, "metrics": {"fid": "3.1"}}, "metrics.fid is str '3.1'"),
+    ({**GOOD, "weights": "inception"}, "'weights' is a str"),
+    ({**GOOD, "weights": {"sha1": None}}, "weights.sha1 is None"),
+    ({**GOOD, "num_samples": "many"}, "num_samples is 'many'"),
+])
+def test_leaderboard_validates_types(tmp_path, capsys, content, message):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(content))
+    assert message in _one_line_rc2(leaderboard.main, [str(path)], capsys)
+
+
+def test_leaderboard_sample_counts_and_comparability(tmp_path, capsys):
+    adm = "/data/VIRTUAL_imagenet256_labeled.npz [ADM reference batch (stored statistics)]"
+    nvidia = {"source": "cache", "sha1": "0" * 40, "path": "/c/inception-2015-12-05.pt"}
+    rows = {"ok": {**GOOD, "reference": adm, "weights": nvidia, "num_samples": 50000},
+            "resized": {**GOOD, "reference": adm, "weights": nvidia, "resize": "torch-bilinear"},
+            "weights": {**GOOD, "reference": adm, "num_samples": 6},
+            "own": {**GOOD, "reference": "/shards/heldout [image set], 500 images"}}
+    paths = []
+    for name, row in rows.items():
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(row))
+    err = _one_line_rc2(leaderboard.main, [*map(str, paths), "--out",
+                                           str(tmp_path / "no" / "t.md")], capsys)
+    assert "does not exist" in err
+    assert leaderboard.main(list(map(str, paths))) == 0
+    table = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("| **")}
+    assert "| 50000 |" in table["**ok** (ours)"] and table["**ok** (ours)"].endswith("| yes |")
+    assert "no: resize torch-bilinear (ADM: tf1-bilinear)" in table["**resized** (ours)"]
+    assert "| 6 |" in table["**weights** (ours)"]
+    assert "weights not known to be inception-2015-12-05" in table["**weights** (ours)"]
+    assert "reference is not an ADM batch" in table["**own** (ours)"]
+
+
+def test_stored_statistics_with_another_resize_warn(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(fid, "CACHE", tmp_path / "cache")
+    from eval.evaluator import extract
+    from eval.frechet import statistics
+    from eval.inception import InceptionFeatures
+
+    imgs = _images(6, 3)
+    mu, sigma = statistics(extract(InceptionFeatures(resolve_inception(download=False)), imgs,
+                                   progress=False)["pool"])
+    ref = _npz(tmp_path / "ref.npz", mu=mu, sigma=sigma)
+    samples = _npz(tmp_path / "s.npz", arr_0=imgs)
+    out = tmp_path / "r.json"
+    assert fid.main([str(samples), str(ref), "--metrics", "fid", "--resize", "torch-bilinear",
+                     "--json", str(out), "--quiet"]) == 0
+    assert "not comparable with them: resize torch-bilinear" in capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert result["adm_comparable"] is False and result["num_samples"] == 6
+    assert "splits of 5000" in result["is_convention"]

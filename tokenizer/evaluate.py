@@ -27,7 +27,7 @@ from data.loader import make_image_loader
 from eval.evaluator import ReconstructionEvaluator
 from eval.recon import SSIM_CONVENTIONS
 from kernels import splat
-from launch.config import positive_int
+from launch.config import one_line_parser, positive_int
 from tokenizer.gaussian import code_usage
 from tokenizer.layout import content_mass
 from tokenizer.registry import load_tokenizer
@@ -126,7 +126,7 @@ def format_table(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tokenizer.evaluate", description=__doc__,
+    parser = one_line_parser(prog="python -m tokenizer.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="checkpoint .pt or exported .safetensors")
     parser.add_argument("--data", required=True, help="image shard folder to reconstruct")
