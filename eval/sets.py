@@ -76,8 +76,8 @@ class ImageSet:
 
 def _npz_keys(path: Path) -> list[str]:
     if not zipfile.is_zipfile(path):
-        raise ImageSetError(f"{path}: not a .npz file (a .npz is a zip archive of .npy "
-                            "arrays, as np.savez writes it)")
+        raise ImageSetError(f"{path}: not a .npz file, or a truncated one (a .npz is a zip "
+                            "archive of .npy arrays, as np.savez writes it)")
     try:
         with zipfile.ZipFile(path) as z:
             return [n[:-4] for n in z.namelist() if n.endswith(".npy")]

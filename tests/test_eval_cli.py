@@ -4,8 +4,8 @@ import json
 import pickle
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from eval import fid, leaderboard
 from eval.weights import WeightsUnavailable, load_numpy_pickle, resolve_inception, resolve_vgg16
@@ -18,7 +18,7 @@ def _npz(path, **arrays):
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    (b"not a zip at all", r"not a .npz file \(a .npz is a zip archive"),
+    (b"not a zip at all", r"not a \.npz file, or a truncated one \(a \.npz is a zip archive"),
     (None, "has neither 'arr_0'"),
     ("gray", r"expected uint8 images \[N, H, W, 3\], got uint8 array of shape \[4, 8, 8\]"),
     ("float", "got float64 array"),
