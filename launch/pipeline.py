@@ -316,7 +316,9 @@ class Pipeline:
         samples = self.require("sample")
         e = self.cfg.eval
         ref = e.ref or str(self.dir("data") / "heldout")
-        record = {"config": configlib.to_dict(e), "ref": ref, "inputs": {"sample": samples}}
+        # the evaluator's version: results of an older feature definition are not reused
+        record = {"config": configlib.to_dict(e), "ref": ref, "inputs": {"sample": samples},
+                  "evaluator": fid.FEATURES_VERSION}
         if self.done("eval", record):
             return self.log("eval: done")
         if self.rank != 0:

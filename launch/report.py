@@ -172,8 +172,10 @@ def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Pat
         rows[name] = over_seeds([generation_numbers(out / name, d["gpt"], d["sample"],
                                                     d["eval"], classifier) for d in seeds])
     n = next(iter(rows.values()))["num_generated"]
-    floor = _cached(out / "floor.json", f"{n}", lambda: fid_floor(train[0], data_dir /
-                                                                  "heldout", n))
+    from eval.fid import FEATURES_VERSION
+
+    floor = _cached(out / "floor.json", f"{n}-{FEATURES_VERSION}",
+                    lambda: fid_floor(train[0], data_dir / "heldout", n))
     toks = {name: tokenizer_numbers(out / name, seeds[0]["tokenizer"], data_dir, heldout,
                                   classifier)
             for name, seeds in pipelines.items()}

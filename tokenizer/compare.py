@@ -310,7 +310,8 @@ def main(argv=None) -> int:
     held = next(iter(next(iter(reports.values())).values()))["num_images"] if reports else 0
     text = (f"# Tokenizer comparison ({cfg.out})\n\n{held} held-out images of {heldout}; "
             "mean ± std over the seeds listed (one value: one seed). rFID against the same "
-            "held-out images. Positions-only / shapes-only: PSNR with only that part of the "
+            "held-out images (resize tf1-bilinear); SSIM in the wang convention (see "
+            "eval/recon.py). Positions-only / shapes-only: PSNR with only that part of the "
             "geometry snapped to its bins. xy std: per-Gaussian position std across images "
             "(splat pixels); distinct pos/G: distinct position tokens per Gaussian; "
             "coverage: share of content mass within 2 sigma of a Gaussian.\n\n" + table
