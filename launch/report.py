@@ -212,7 +212,7 @@ def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Pat
     row("bits per image", [f"{toks[k]['bits_per_image']:.0f}" for k in names])
     row("tokenizer PSNR (held-out, the tokens)", [_f(toks[k]["psnr"], suffix=" dB")
                                                   for k in names])
-    row("tokenizer SSIM", [_f(toks[k]["ssim"], ".3f") for k in names])
+    row("tokenizer SSIM (wang convention)", [_f(toks[k]["ssim"], ".3f") for k in names])
     row("tokenizer LPIPS-VGG", [_f(toks[k]["lpips"], ".3f") for k in names])
     row("codebook usage", [_f(toks[k]["codebook_usage"], ".0f", 100, "%") for k in names])
     row("classifier on reconstructions (the generator's ceiling)",
