@@ -55,6 +55,8 @@ class InceptionFeatures(torch.nn.Module):
                              ) from err
         self.layers = list(_trunk(self.module).named_children())
         self.head = getattr(self.module, "output", None)
+        # ADM's IS multiplies by the classifier's matrix alone: without one, no logits
+        self.head_weight = getattr(self.head, "weight", None)
 
     @property
     def device(self) -> torch.device:
@@ -62,7 +64,7 @@ class InceptionFeatures(torch.nn.Module):
 
     @property
     def has_logits(self) -> bool:
-        return self.head is not None
+        return self.head_weight is not None
 
     def preprocess(self, images) -> torch.Tensor:
         """uint8 [N, H, W, 3] -> float [N, 3, 299, 299] in [-1, 1)."""
@@ -90,8 +92,8 @@ class InceptionFeatures(torch.nn.Module):
                 spatial = adm_spatial(layer.conv(x))
             x = layer(x)
         out = {"pool": x.flatten(1).double().cpu(), "spatial": spatial.double().cpu()}
-        if self.head is not None:
-            out["logits"] = head_logits(x.flatten(1), self.head.weight).double().cpu()
+        if self.head_weight is not None:
+            out["logits"] = head_logits(x.flatten(1), self.head_weight).double().cpu()
         return out
 
 
