@@ -85,19 +85,30 @@ def iter_tar_samples(path: Path | str) -> Iterator[dict[str, bytes]]:
 
 
 def iter_shard_tolerant(path: Path | str, expected: int | None,
-                        on_loss: Callable[[int, str], None]) -> Iterator[dict[str, bytes]]:
-    """``iter_tar_samples`` for readers that must go on past a damaged shard.
+                        on_loss: Callable[[int, str], None],
+                        decode: Callable[[dict[str, bytes]], object] | None = None) -> Iterator:
+    """``iter_tar_samples`` for readers that must go on past damage: the one tolerant
+    shard reader of token extraction and evaluation.
 
-    Yields what the shard holds up to the damage; then, if fewer than ``expected``
-    samples came out (a truncated or unreadable tar), reports the shortfall once as
-    ``on_loss(lost, reason)`` and returns normally. ``expected`` None: only damage the
-    tar reader notices is reported (lost = 0 when the count is unknown)."""
+    With ``decode``, yields ``decode(sample)`` and skips a sample it raises on, reported
+    as ``on_loss(1, reason)``. Past a truncated or unreadable tar, reports the samples
+    missing from ``expected`` once as ``on_loss(lost, reason)`` and returns normally
+    (``expected`` None: only damage the tar reader notices, lost = 0)."""
     seen = 0
     reason = None
     try:
         for sample in iter_tar_samples(path):
             seen += 1
-            yield sample
+            if decode is None:
+                yield sample
+                continue
+            try:
+                item = decode(sample)
+            except Exception as err:  # a damaged sample: skip it, count it
+                on_loss(1, f"{Path(path).name} sample {sample['__key__']} "
+                           f"({type(err).__name__})")
+                continue
+            yield item
     except TarReadError as err:
         reason = str(err)
     lost = 0 if expected is None else max(0, expected - seen)

@@ -131,16 +131,13 @@ def write_token_shards(
             print(f"warning: skipping {n} image(s) of a damaged shard: {reason}",
                   file=sys.stderr)
 
-        def decoded(samples, name=shard["name"], on_loss=on_loss):
-            for s in samples:
-                try:
-                    yield s["__key__"], make_views(decode_image(s[fmt]), image_size, views), \
-                        int(s["cls"])
-                except Exception as err:  # a damaged sample: skip it, count it, say so
-                    on_loss(1, f"{name} sample {s['__key__']} ({type(err).__name__})")
+        def decode(s):
+            return s["__key__"], make_views(decode_image(s[fmt]), image_size, views), \
+                int(s["cls"])
 
-        samples_in = iter_shard_tolerant(image_dir / shard["name"], shard.get("count"), on_loss)
-        for chunk in _batched(decoded(samples_in), batch_size):
+        decoded = iter_shard_tolerant(image_dir / shard["name"], shard.get("count"), on_loss,
+                                      decode)
+        for chunk in _batched(decoded, batch_size):
             views_u8 = torch.stack([c[1] for c in chunk])  # [b, A, 3, S, S]
             tokens.extend(_encode_views(encode, views_u8))
             keys.extend(c[0] for c in chunk)

@@ -141,13 +141,10 @@ class ReconstructionEvaluator:
         """real_features: pool features of the same real images, in the order ``update``
         will see them, computed once by the caller (saves an Inception pass per model).
         ssim_convention: "wang" or "llamagen" (see ``eval.recon``)."""
-        from eval.recon import SSIM_CONVENTIONS
+        from eval.recon import check_convention
 
-        if ssim_convention not in SSIM_CONVENTIONS:
-            raise ValueError(f"SSIM convention must be one of {SSIM_CONVENTIONS}, "
-                             f"got {ssim_convention!r}")
         self.lpips, self.extractor, self.real_features = lpips, extractor, real_features
-        self.ssim_convention = ssim_convention
+        self.ssim_convention = check_convention(ssim_convention)
         self.reset()
 
     def reset(self) -> None:

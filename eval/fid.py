@@ -28,7 +28,7 @@ from eval.inception import ADM_RESIZE, RESIZES, InceptionFeatures
 from eval.leaderboard import comparability_problems
 from eval.sets import ImageSet, ImageSetError, fingerprint, open_set
 from eval.weights import WeightsUnavailable, resolve_inception
-from launch.config import one_line_parser, positive_int
+from launch.config import one_line_parser, positive_int, require_parent_dir
 
 CACHE = Path.home() / ".cache" / "gtgen" / "reference"
 # bump when the features change meaning (v2: sFID in ADM's (row, column, channel) order)
@@ -103,12 +103,6 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
-def check_output(path: Path | None, flag: str) -> None:
-    """Refuse an output path whose folder does not exist, before any work is done."""
-    if path is not None and not path.parent.is_dir():
-        raise ValueError(f"{flag} {path}: the folder {path.parent} does not exist")
-
-
 def main(argv=None) -> int:
     parser = one_line_parser(prog="python -m eval.fid", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,7 +133,7 @@ def main(argv=None) -> int:
         if unknown or not metrics:
             raise ValueError(f"--metrics: unknown {unknown or 'empty list'}; choose from "
                              f"{','.join(GENERATION_METRICS)}")
-        check_output(args.json, "--json")
+        require_parent_dir(args.json, "--json")
         device = check_device(args.device)
         samples = open_set(args.samples)
         if not samples.has_images:

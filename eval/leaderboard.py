@@ -16,7 +16,7 @@ from pathlib import Path
 
 from eval.inception import ADM_RESIZE
 from eval.weights import is_known_inception
-from launch.config import one_line_parser
+from launch.config import one_line_parser, require_parent_dir
 
 ADM_REF = "ADM VIRTUAL_imagenet256_labeled.npz"
 ADM_WEIGHTS = "TF inception-2015-12-05 (ADM evaluator)"
@@ -128,9 +128,10 @@ def main(argv=None) -> int:
     parser.add_argument("results", nargs="*", type=Path, help="result JSON files of eval.fid")
     parser.add_argument("--out", type=Path, help="write the table here as well")
     args = parser.parse_args(argv)
-    if args.out is not None and not args.out.parent.is_dir():
-        print(f"eval.leaderboard: --out {args.out}: the folder {args.out.parent} does not exist",
-              file=sys.stderr)
+    try:
+        require_parent_dir(args.out, "--out")
+    except ValueError as err:
+        print(f"eval.leaderboard: {err}", file=sys.stderr)
         return 2
     results = []
     for path in args.results:

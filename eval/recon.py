@@ -39,15 +39,20 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1 / mse)
 
 
+def check_convention(convention: str) -> str:
+    if convention not in SSIM_CONVENTIONS:
+        raise ValueError(f"SSIM convention must be one of {SSIM_CONVENTIONS}, "
+                         f"got {convention!r}")
+    return convention
+
+
 def _window(convention: str, dtype, device) -> tuple[torch.Tensor, float, float]:
     """1-D window, data range and covariance normalisation of an SSIM convention."""
-    if convention == "wang":
+    if check_convention(convention) == "wang":
         x = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=dtype, device=device)
         g = torch.exp(-x * x / (2 * SSIM_SIGMA**2))
         return g / g.sum(), 1.0, 1.0
-    if convention == "llamagen":
-        return torch.full((7,), 1 / 7, dtype=dtype, device=device), 2.0, 49 / 48
-    raise ValueError(f"SSIM convention must be one of {SSIM_CONVENTIONS}, got {convention!r}")
+    return torch.full((7,), 1 / 7, dtype=dtype, device=device), 2.0, 49 / 48  # llamagen
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, convention: str = "wang") -> torch.Tensor:

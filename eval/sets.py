@@ -174,16 +174,11 @@ def _shard_samples(s: ImageSet) -> Iterator[tuple[np.ndarray, int]]:
         s.skipped += n
         print(f"warning: {s.path}: skipping {n} image(s): {reason}", file=sys.stderr)
 
+    def decode(sample):
+        return np.asarray(decode_image(sample[fmt])), int(sample["cls"])
+
     for shard in manifest["shards"]:
-        for sample in iter_shard_tolerant(s.path / shard["name"], shard.get("count"), lost):
-            try:
-                image = np.asarray(decode_image(sample[fmt]))
-                label = int(sample["cls"])
-            except Exception as err:  # a damaged sample: skip it and say so
-                lost(1, f"{shard['name']} sample {sample['__key__']} "
-                        f"({type(err).__name__})")
-                continue
-            yield image, label
+        yield from iter_shard_tolerant(s.path / shard["name"], shard.get("count"), lost, decode)
 
 
 def _shard_batches(s: ImageSet, batch_size: int) -> Iterator[np.ndarray]:
@@ -246,8 +241,7 @@ def fingerprint(path) -> str:
     """Identifies a set's content cheaply: path, size and mtime of its files."""
     path = Path(path).resolve()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    h = hashlib.sha1()
-    h.update(str(path).encode())
+    h = hashlib.sha1(str(path).encode())
     for f in files:
         st = f.stat()
         h.update(json.dumps([str(f), st.st_size, st.st_mtime_ns]).encode())

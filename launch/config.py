@@ -195,6 +195,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+def require_parent_dir(path, flag: str) -> None:
+    """ValueError for an output path whose folder does not exist (checked before any
+    work, so a long job never fails at its last write)."""
+    from pathlib import Path
+
+    if path is not None and not Path(path).parent.is_dir():
+        raise ValueError(f"{flag} {path}: the folder {Path(path).parent} does not exist")
+
+
 def one_line_parser(**kwargs):
     """An ``argparse.ArgumentParser`` whose usage errors are one line
     (``prog: error: ...``) with exit status 2, like our other input errors."""
