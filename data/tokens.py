@@ -123,6 +123,10 @@ def write_token_shards(
     written = []
     bar = tqdm(total=sum(s["count"] for s in mine), unit="img", desc="tokens",
                disable=not progress, initial=sum(s["count"] for s in mine if s not in todo))
+
+    def decode(s):  # one image sample -> (key, its views, class id)
+        return s["__key__"], make_views(decode_image(s[fmt]), image_size, views), int(s["cls"])
+
     for shard in todo:
         keys, labels, tokens, lost = [], [], [], []
 
@@ -130,10 +134,6 @@ def write_token_shards(
             lost.append(n)
             print(f"warning: skipping {n} image(s) of a damaged shard: {reason}",
                   file=sys.stderr)
-
-        def decode(s):
-            return s["__key__"], make_views(decode_image(s[fmt]), image_size, views), \
-                int(s["cls"])
 
         decoded = iter_shard_tolerant(image_dir / shard["name"], shard.get("count"), on_loss,
                                       decode)
