@@ -12,11 +12,19 @@ Rotary position embedding (``rope``):
              the (row, column) of tuple i-1's position token, half of each head with
              the row and half with the column; the class token is not rotated. The
              number of Gaussians per cell varies, so the index i is not a place.
+
+The class token's rotary row (``class_rope``):
+  "identity" (ours)  cos 1, sin 0: the class token's query and key pass unrotated.
+  "zero" (LlamaGen)  cos 0, sin 0, as LlamaGen's zero-padded table has it: the class
+             token's query and key are zero in every layer (it is still attended to,
+             with score 0, and its value still counts). Needed to run LlamaGen's weights
+             as they were trained; a buffer, so the choice lives here, not in the weights.
 """
 
 from dataclasses import dataclass, field
 
 ROPES = ("1d", "2d", "spatial")
+CLASS_ROPES = ("identity", "zero")
 
 
 @dataclass
@@ -33,6 +41,7 @@ class GPTConfig:
     qk_norm: bool = False
     rope: str = "2d"  # "2d" (VQ grid), "1d" (sequence order), "spatial" (position tokens)
     rope_base: float = 10000.0
+    class_rope: str = "identity"  # "identity" (ours) or "zero" (LlamaGen's table)
     norm_eps: float = 1e-5
     ffn_multiple: int = 256
     # what the tuple components are (from the tokenizer; see data/tokens.py's manifest)
@@ -62,6 +71,8 @@ class GPTConfig:
                 self.position_grid**2 != self.vocab_sizes[self.position_component]:
             raise ValueError(f"position_grid {self.position_grid} squared is not the position "
                              f"vocabulary {self.vocab_sizes[self.position_component]}")
+        if self.class_rope not in CLASS_ROPES:
+            raise ValueError(f"class_rope must be one of {CLASS_ROPES}, got {self.class_rope!r}")
         if self.position_embed not in ("factorised", "plain"):
             raise ValueError(f"position_embed must be 'factorised' or 'plain', got "
                              f"{self.position_embed!r}")

@@ -3,8 +3,9 @@
 Blocks: pre-norm RMSNorm, SwiGLU FFN (hidden 2/3 * 4d rounded up to 256), no biases,
 rotary position embedding, optional qk-norm, scaled_dot_product_attention (xformers
 where it imports and runs on CUDA). Input position 0 is the class token, whose
-rotary rotation is the identity (cos 1, sin 0: LlamaGen zero-pads those rows, which
-zeroes the class token's q and k); input position i >= 1 holds tuple t_{i-1}. With
+rotary row is the identity (cos 1, sin 0) or, with ``class_rope = "zero"``, zero as
+LlamaGen's (which zeroes the class token's q and k); input position i >= 1 holds
+tuple t_{i-1}. With
 rope "spatial" the rotation of input i comes from t_{i-1}'s position token ("places",
 [B, L], -1 for the class token) instead of from i; keys are cached rotated, so the
 static KV cache works unchanged. Dropout: ``dropout`` on embeddings, residual branches
@@ -203,8 +204,11 @@ class GPT(nn.Module):
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.heads = TupleHeads(cfg)
         angles = rope_angles(cfg)
-        self.register_buffer("rope_cos", torch.cos(angles), persistent=False)
-        self.register_buffer("rope_sin", torch.sin(angles), persistent=False)
+        cos, sin = torch.cos(angles), torch.sin(angles)
+        if cfg.class_rope == "zero":  # LlamaGen's zero-padded class row
+            cos[0] = 0
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
         self.register_buffer("rope_freqs", spatial_freqs(cfg).float(), persistent=False)
         self.apply(self._init)
         for out in [*self.heads.outs, *([self.heads.row_out, self.heads.col_out]
@@ -259,7 +263,10 @@ class GPT(nn.Module):
         if freqs.dtype not in (torch.float32, torch.float64):
             freqs = spatial_freqs(self.cfg).to(places.device, torch.float32)
         angles = spatial_angles(places, self.cfg.position_grid, freqs)
-        return torch.cos(angles)[:, None], torch.sin(angles)[:, None]
+        cos = torch.cos(angles)
+        if self.cfg.class_rope == "zero":  # the class token (place -1): LlamaGen's zero row
+            cos = cos.masked_fill((places < 0)[..., None], 0)
+        return cos[:, None], torch.sin(angles)[:, None]
 
     def hidden(self, x: torch.Tensor, start: int = 0,
                places: torch.Tensor | None = None) -> torch.Tensor:

@@ -85,6 +85,7 @@ class ModelOptions:
     qk_norm: bool = False
     rope: str = ""  # "" = automatic: spatial for Gaussian tuples, 2d for VQ grids, else 1d
     position_embed: str = "factorised"  # Gaussian position tokens: + row/column terms
+    class_rope: str = "identity"  # class token's rotary row: "identity", or LlamaGen's "zero"
 
 
 @dataclass
@@ -157,7 +158,7 @@ def build_gpt_config(cfg: RunConfig, manifest: dict) -> GPTConfig:
                       num_tokens=manifest["num_tokens"], num_classes=manifest["num_classes"],
                       rope=m.rope or None, dropout=m.dropout, attn_dropout=m.attn_dropout,
                       class_dropout=m.class_dropout, qk_norm=m.qk_norm,
-                      position_embed=m.position_embed,
+                      position_embed=m.position_embed, class_rope=m.class_rope,
                       layout=manifest.get("token_layout"))
 
 

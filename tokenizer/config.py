@@ -12,12 +12,17 @@ GaussianToken's token tuple per Gaussian is (position, shape, code):
   code     = index into the feature codebook.
 Vocabularies: position_bins^2, scale_bins^2 * rotation_bins, codebook_size.
 The VQ baseline's tuple is (code,) per grid cell.
+
+Conv styles (``encoder.style``): "resnet", our conv ResNet family (tokenizer/blocks.py);
+"taming", LlamaGen's VQGAN trunk (tokenizer/taming.py: attention at the lowest level and
+in the middle, ``z_channels`` wide, 1x1 convs to and from the code dimension), VQ only.
 """
 
 import math
 from dataclasses import dataclass, field
 
 KINDS = ("gaussian", "vq")
+STYLES = ("resnet", "taming")
 LAYOUTS = ("grid", "content")  # where Gaussians start: a fixed grid, or derived from the image
 MOVES = ("learned", "frozen")  # whether the network moves them from there
 
@@ -30,8 +35,12 @@ class ConvConfig:
     ch_mult: tuple[int, ...] = (1, 2, 2, 4)
     res_blocks: int = 2
     groups: int = 32
+    style: str = "resnet"  # "resnet" (ours) or "taming" (LlamaGen's VQGAN trunk)
+    z_channels: int = 256  # taming: width of the encoder's output / the decoder's input
 
     def __post_init__(self):
+        if self.style not in STYLES:
+            raise ValueError(f"encoder.style must be one of {STYLES}, got {self.style!r}")
         if self.channels % self.groups:
             raise ValueError(f"channels ({self.channels}) must be divisible by groups "
                              f"({self.groups})")
@@ -52,6 +61,7 @@ class QuantizerConfig:
     kmeans_iters: int = 10
     dead_fraction: float = 0.03  # restart codes used less than this x a uniform share
     gradient: str = "rotation"  # "rotation" (rotation trick) or "ste" (straight-through)
+    l2_norm: bool = False  # codes and encoder outputs on the unit sphere (LlamaGen's VQ)
 
     def __post_init__(self):
         if self.gradient not in ("rotation", "ste"):
@@ -131,6 +141,9 @@ class TokenizerConfig:
 
         if self.vq_rounds < 0:
             raise ValueError("vq_rounds must be 0 or positive")
+        if self.encoder.style == "taming" and (self.kind != "vq" or self.vq_rounds):
+            raise ValueError("encoder.style 'taming' (LlamaGen's VQGAN trunk) is for the plain "
+                             "VQ tokenizer only (kind 'vq', vq_rounds 0)")
         if self.token_grid < 0 or (self.token_grid and self.feature_grid % self.token_grid):
             raise ValueError(f"token_grid {self.token_grid} must divide the encoder's grid "
                              f"{self.feature_grid} (or be 0)")
@@ -158,6 +171,18 @@ def _debug(kind: str) -> TokenizerConfig:
     )
 
 
+def llamagen_vq(image_size: int = 256, ch_mult=(1, 1, 2, 2, 4), codebook_size: int = 16384,
+                dim: int = 8, channels: int = 128, z_channels: int = 256,
+                res_blocks: int = 2, l2_norm: bool = True) -> TokenizerConfig:
+    """LlamaGen's VQ tokenizer (defaults: VQ-16, 72M parameters; ch_mult (1, 2, 2, 4) is
+    its VQ-8). Resolution-free: the same weights at 256 px (16x16) and 384 px (24x24)."""
+    return TokenizerConfig(
+        kind="vq", image_size=image_size,
+        encoder=ConvConfig(channels=channels, ch_mult=tuple(ch_mult), res_blocks=res_blocks,
+                           style="taming", z_channels=z_channels),
+        quantizer=QuantizerConfig(codebook_size=codebook_size, dim=dim, l2_norm=l2_norm))
+
+
 REGISTRY = {
     # runs on a laptop CPU in minutes: 32 px, 16 Gaussians / a 4x4 grid (16 tokens)
     "gaussian-debug": lambda: _debug("gaussian"),
@@ -174,11 +199,9 @@ REGISTRY = {
         encoder=ConvConfig(channels=128, ch_mult=(1, 2, 2, 4), res_blocks=4),
         quantizer=QuantizerConfig(codebook_size=1024, dim=8),
         gaussian=GaussianConfig(num_gaussians=256, splat_size=32, position_bins=128)),
-    # LlamaGen-style baseline at the same token count: 16x16 grid at 256 px
-    "vq-imagenet": lambda: TokenizerConfig(
-        kind="vq", image_size=256,
-        encoder=ConvConfig(channels=128, ch_mult=(1, 1, 2, 2, 4), res_blocks=2),
-        quantizer=QuantizerConfig(codebook_size=16384, dim=8)),
+    # LlamaGen's VQ-16 exactly (its vq_ds16_c2i.pt loads into it through
+    # launch.import_llamagen): 16x16 grid at 256 px, 16384 l2-normalised codes of 8
+    "vq-imagenet": lambda: llamagen_vq(256),
 }
 
 

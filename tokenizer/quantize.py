@@ -7,7 +7,9 @@ usage below a fraction of a uniform code's share) restarted at random encoder
 outputs. Gradients reach the encoder either straight through or by the rotation
 trick (Fifty et al. 2024, arXiv 2410.06424).
 Contract: ``forward(z [..., D]) -> (quantized [..., D], indices [...], losses)``;
-``codes(indices) -> quantized``.
+``codes(indices) -> quantized``. With ``l2_norm`` (LlamaGen's VQ) encoder outputs are
+normalised to unit length before the search and the codebook is kept on the unit
+sphere (k-means centres, EMA means and restarts are normalised as they are written).
 
 Distributed training: set ``reduce`` to a function that sums a tensor over ranks
 (and ``broadcast`` to one that copies rank 0's tensor) and the EMA statistics and
@@ -56,6 +58,10 @@ class VectorQuantizer(nn.Module):
     def codes(self, indices: torch.Tensor) -> torch.Tensor:
         return F.embedding(indices, self.codebook)
 
+    def _sphere(self, x: torch.Tensor) -> torch.Tensor:
+        """x on the unit sphere with l2_norm, else x."""
+        return F.normalize(x, dim=-1) if self.cfg.l2_norm else x
+
     @torch.no_grad()
     def _kmeans_init(self, z: torch.Tensor) -> None:
         k = self.cfg.codebook_size
@@ -70,8 +76,8 @@ class VectorQuantizer(nn.Module):
             assign = self.nearest(z)
             sums = self.reduce(torch.zeros_like(centres).index_add_(0, assign, z))
             counts = self.reduce(torch.bincount(assign, minlength=k).float())
-            centres = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None],
-                                  centres)
+            centres = torch.where(counts[:, None] > 0,
+                                  self._sphere(sums / counts.clamp_min(1)[:, None]), centres)
         self.codebook.copy_(centres)
         self.ema_sum.copy_(centres)
         self.ema_count.fill_(1.0)
@@ -90,7 +96,7 @@ class VectorQuantizer(nn.Module):
         self.ema_sum.mul_(decay).add_(sums, alpha=1 - decay)
         total = self.ema_count.sum()
         smoothed = (self.ema_count + 1e-5) / (total + k * 1e-5) * total  # Laplace smoothing
-        self.codebook.copy_(self.ema_sum / smoothed[:, None])
+        self.codebook.copy_(self._sphere(self.ema_sum / smoothed[:, None]))
         # dead: EMA usage below a fraction of a uniform code's share of this batch
         dead = self.ema_count < self.cfg.dead_fraction * z.shape[0] / k
         if dead.any():  # restart dead codes at random encoder outputs (same on all ranks)
@@ -102,7 +108,7 @@ class VectorQuantizer(nn.Module):
 
     def forward(self, z: torch.Tensor):
         shape = z.shape
-        flat = z.reshape(-1, shape[-1]).float()  # [M, D]
+        flat = self._sphere(z.reshape(-1, shape[-1]).float())  # [M, D]
         if self.training and not bool(self.initialised):
             self._kmeans_init(flat.detach())
         indices = self.nearest(flat.detach())

@@ -21,7 +21,6 @@ def load_tokenizer(path, device="cpu"):
     Returns (model, info) with info = {"path", "sha1", "config"}: the fingerprint
     later stages store to refuse tokens from another tokenizer.
     """
-    import hashlib
     import json
     from pathlib import Path
 
@@ -44,9 +43,16 @@ def load_tokenizer(path, device="cpu"):
         config, state = ckpt["config"]["tokenizer"], ckpt["ema"]
     model = build_tokenizer(configlib.from_dict(TokenizerConfig, config))
     model.load_state_dict(state)  # strict: a mismatch is an error, never silently ignored
+    return model.to(device).eval(), {"path": str(path.resolve()), "sha1": state_sha1(state),
+                                     "config": config}
+
+
+def state_sha1(state: dict) -> str:
+    """The tokenizer fingerprint: sha1 over sorted keys and the tensors' bytes."""
+    import hashlib
+
     h = hashlib.sha1()
     for key in sorted(state):
         h.update(key.encode())
         h.update(state[key].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return model.to(device).eval(), {"path": str(path.resolve()), "sha1": h.hexdigest(),
-                                     "config": config}
+    return h.hexdigest()

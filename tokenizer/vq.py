@@ -1,8 +1,12 @@
-"""The plain VQ baseline (LlamaGen-style): a grid of codes, same encoder/decoder family.
+"""The plain VQ baseline: a grid of codes, with our conv family or LlamaGen's VQGAN trunk.
 
 image [B, 3, S, S] -> Encoder -> [B, dim, f, f] -> (average-pooled to the token grid
 g x g when ``token_grid`` is set) -> vector quantiser -> (codes repeated back to f x f)
 -> Decoder. Tokens: [B, g*g, 1] in raster order, the tuple being (code,).
+With ``encoder.style = "taming"`` (LlamaGen's VQ-16 / VQ-8) the encoder gives
+[B, z_channels, f, f] and 1x1 convs map to the code dimension (``quant_conv``) and
+back (``post_quant_conv``); with ``quantizer.l2_norm`` codes and encoder outputs are
+compared on the unit sphere.
 """
 
 import torch
@@ -12,6 +16,7 @@ from torch import nn
 from tokenizer.blocks import Attention, Decoder, Encoder, mlp
 from tokenizer.config import TokenizerConfig
 from tokenizer.quantize import VectorQuantizer
+from tokenizer.taming import TamingDecoder, TamingEncoder
 
 
 class MixRound(nn.Module):
@@ -34,6 +39,12 @@ class VQTokenizer(nn.Module):
         super().__init__()
         self.cfg = cfg
         g = cfg.gaussian
+        if cfg.encoder.style == "taming":
+            z, dim = cfg.encoder.z_channels, cfg.quantizer.dim
+            self.encoder, self.quant_conv = TamingEncoder(cfg.encoder), nn.Conv2d(z, dim, 1)
+            self.quantizer = VectorQuantizer(cfg.quantizer)
+            self.post_quant_conv, self.decoder = nn.Conv2d(dim, z, 1), TamingDecoder(cfg.encoder)
+            return
         if cfg.vq_rounds:  # the same widths as GaussianToken's refinement, without geometry
             self.encoder = Encoder(cfg.encoder, g.hidden)
             self.token_pos = nn.Parameter(torch.randn(cfg.grid**2, g.hidden) * 0.02)
@@ -60,7 +71,10 @@ class VQTokenizer(nn.Module):
 
     def forward(self, images: torch.Tensor, quantize_geometry: bool = True):
         g = self.cfg.grid
-        z = F.adaptive_avg_pool2d(self.encoder(images), g).permute(0, 2, 3, 1)  # [B, g, g, C]
+        z = self.encoder(images)
+        if self.cfg.encoder.style == "taming":
+            z = self.quant_conv(z)
+        z = F.adaptive_avg_pool2d(z, g).permute(0, 2, 3, 1)  # [B, g, g, C]
         if self.cfg.vq_rounds:
             tokens = z.flatten(1, 2) + self.token_pos  # [B, g*g, hidden]
             for block in self.rounds:
@@ -73,7 +87,10 @@ class VQTokenizer(nn.Module):
     def _decode_codes(self, q: torch.Tensor) -> torch.Tensor:
         """codes [B, dim, g, g] -> images, repeated (nearest) to the encoder's grid first."""
         f = self.cfg.feature_grid
-        return self.decoder(q if q.shape[-1] == f else F.interpolate(q, size=f, mode="nearest"))
+        q = q if q.shape[-1] == f else F.interpolate(q, size=f, mode="nearest")
+        if self.cfg.encoder.style == "taming":
+            q = self.post_quant_conv(q)
+        return self.decoder(q)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
