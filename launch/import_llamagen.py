@@ -72,9 +72,12 @@ def read_checkpoint(path: Path) -> tuple[dict, dict]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{path}: refused: the pickle holds more than tensors, containers "
-                           f"and argparse.Namespace; nothing in it was run ({_first(err)})"
-                           ) from None
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        if found is None:
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint (unreadable pickle)") from None
+        raise CheckpointError(f"{path}: refused: the pickle asks for {found.group(1)}, which is "
+                              "not a tensor, a container or argparse.Namespace; nothing in it "
+                              "was run") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first(err)})") from None
     if not isinstance(obj, dict):

@@ -127,12 +127,13 @@ def infer_gpt(state: dict, num_tokens: int, heads: int | None = None) -> tuple[G
                       if (m := re.match(r"layers\.(\d+)\.", k))), default=-1)
     if layers < 1:
         raise LayoutError(f"{what}: no transformer layers (keys layers.N.*) in the weights")
-    size = next((name for name, (n, h, d) in SIZES.items() if (n, d) == (layers, dim)), None)
+    size = next((name for name, (n, h, d) in SIZES.items()
+                 if (n, d) == (layers, dim) and name != "debug"), None)
     if heads is None:
         if size is None:
+            known = ", ".join(f"{k} {n}x{d}" for k, (n, _, d) in SIZES.items() if k != "debug")
             raise LayoutError(f"{what}: {layers} layers of width {dim} is not a LlamaGen size "
-                              f"({', '.join(f'{k} {n}x{d}' for k, (n, _, d) in SIZES.items())}); "
-                              "pass --heads")
+                              f"({known}); pass --heads")
         heads = SIZES[size][1]
     cfg = GPTConfig(dim=dim, layers=layers, heads=heads, vocab_sizes=[vocab],
                     num_tokens=num_tokens, num_classes=rows - 1, rope="2d", class_rope="zero")
