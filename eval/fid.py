@@ -155,6 +155,8 @@ def main(argv=None) -> int:
         return 2
     result["samples"] = str(Path(args.samples).resolve())
     result["skipped"] = {"samples": samples.skipped, "reference": ref.skipped}
+    if samples.settings:  # labels, guidance, precision, uint8 and eval-size conventions
+        result["sample_settings"] = samples.settings
     problems = comparability_problems(result)
     result["adm_comparable"], result["not_comparable_because"] = not problems, problems
     if ref.stats and problems:

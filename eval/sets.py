@@ -56,6 +56,7 @@ class ImageSet:
     count: int  # images the set declares (0: statistics only)
     stats: dict = field(default_factory=dict)
     skipped: int = 0  # images lost to damaged shards, counted while streaming
+    settings: dict = field(default_factory=dict)  # how generator.sample_fid made them
 
     @property
     def has_images(self) -> bool:
@@ -106,6 +107,7 @@ def _open_npz(path: Path) -> ImageSet:
     try:
         with np.load(path, allow_pickle=False) as f:
             stats = {k: f[k] for k in STAT_KEYS if k in keys}
+            settings = _settings(f["settings"]) if "settings" in keys else {}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise ImageSetError(f"{path}: not a readable .npz ({type(err).__name__}: {err})") \
             from err
@@ -116,7 +118,16 @@ def _open_npz(path: Path) -> ImageSet:
     _check_header(dtype, shape, str(path))
     if fortran:
         raise ImageSetError(f"{path}: arr_0 is stored in Fortran order; save it C-contiguous")
-    return ImageSet(path, "npz", int(shape[0]), stats)
+    return ImageSet(path, "npz", int(shape[0]), stats, settings=settings)
+
+
+def _settings(value: np.ndarray) -> dict:
+    """The sampling settings generator.sample_fid stores (a JSON string); {} if unreadable."""
+    try:
+        out = json.loads(str(value))
+    except ValueError:
+        return {}
+    return out if isinstance(out, dict) else {}
 
 
 def _npz_batches(s: ImageSet, batch_size: int) -> Iterator[np.ndarray]:

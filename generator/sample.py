@@ -13,6 +13,7 @@ deterministic for a seed.
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -105,7 +106,11 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely (0 = all)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (1 = all)")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same samples")
-    parser.add_argument("--batch-size", type=int, default=64, help="samples per batch")
+    parser.add_argument("--batch-size", type=configlib.positive_int, default=64,
+                        help="samples per batch")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                        help="GPT weights and KV cache precision (LlamaGen samples in bf16; "
+                             "rotary tables and logits stay fp32)")
 
 
 def sampling_kwargs(args) -> dict:
@@ -126,6 +131,10 @@ def check_sampling_args(cfg_scale: float, top_k: int, top_p: float, temperature:
         if order and model_cfg.position_component < 0:
             raise SampleError("--order on needs tuples with a position token (a GaussianToken "
                               "GPT); this one has none")
+    for flag, value in (("--cfg", cfg_scale), ("--temperature", temperature),
+                        ("--top-p", top_p)):
+        if not math.isfinite(value):
+            raise SampleError(f"{flag} must be a finite number, got {value}")
     if cfg_scale < 0:
         raise SampleError(f"--cfg must be >= 0, got {cfg_scale}")
     if top_k < 0 or top_k > max(vocab_sizes):
@@ -136,17 +145,55 @@ def check_sampling_args(cfg_scale: float, top_k: int, top_p: float, temperature:
         raise SampleError(f"--temperature must be >= 0, got {temperature}")
 
 
-@torch.no_grad()
-def sample_images(model, tokenizer, labels: torch.Tensor, *, batch_size=64, seed=0,
-                  **kwargs) -> torch.Tensor:
-    """uint8 images [B, S, S, 3] for labels [B]; batch b uses seed (seed, b)."""
+UINT8 = ("round", "llamagen")
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def images_to_uint8(images: torch.Tensor, convention: str = "round") -> torch.Tensor:
+    """[B, 3, S, S] in [-1, 1] -> uint8 [B, S, S, 3].
+
+    "round" (ours): round((x + 1) * 127.5) after clamping to [-1, 1];
+    "llamagen": clamp(127.5 x + 128, 0, 255) truncated, as LlamaGen writes its samples.
+    The two agree but where 127.5 (x + 1) falls on a half (ours rounds it to even,
+    LlamaGen's up) or float rounding puts it on the other side of one."""
     from tokenizer.visualize import to_uint8
 
+    if convention not in UINT8:
+        raise ValueError(f"uint8 convention must be one of {UINT8}, got {convention!r}")
+    if convention == "round":
+        return torch.from_numpy(to_uint8(images))
+    x = (127.5 * images.detach().float() + 128.0).clamp(0, 255)
+    return x.to(torch.uint8).permute(0, 2, 3, 1).cpu()
+
+
+def resize_for_eval(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Decoded images [B, 3, S, S] bicubic-resized to size x size (LlamaGen samples its
+    384 px models at 384 and evaluates at 256 this way); None or S: unchanged."""
+    if size is None or size == images.shape[-1]:
+        return images
+    return torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bicubic")
+
+
+def cast_for_sampling(model, precision: str):
+    """The GPT with its parameters (and so its KV cache) in ``precision``; the rotary
+    tables stay fp32, as LlamaGen keeps them."""
+    if precision not in PRECISIONS:
+        raise SampleError(f"--precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    for p in model.parameters():
+        p.data = p.data.to(PRECISIONS[precision])
+    return model
+
+
+@torch.no_grad()
+def sample_images(model, tokenizer, labels: torch.Tensor, *, batch_size=64, seed=0,
+                  uint8: str = "round", eval_size: int | None = None, **kwargs) -> torch.Tensor:
+    """uint8 images [B, S, S, 3] for labels [B]; batch b uses seed (seed, b)."""
     out = []
     for b, start in enumerate(range(0, len(labels), batch_size)):
         gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
         tokens = generate(model, labels[start:start + batch_size], generator=gen, **kwargs)
-        out.append(torch.from_numpy(to_uint8(tokenizer.decode(tokens))))
+        decoded = resize_for_eval(tokenizer.decode(tokens), eval_size)
+        out.append(images_to_uint8(decoded, uint8))
     return torch.cat(out)
 
 
@@ -189,6 +236,7 @@ def main(argv=None) -> int:
         check_sampling_args(args.cfg, args.top_k, args.top_p, args.temperature,
                             model.cfg.vocab_sizes, args.guide, ORDERS[args.order], model.cfg)
         tokenizer = load_matching_tokenizer(meta, args.tokenizer, args.device)
+        cast_for_sampling(model, args.precision)
         labels = torch.tensor([c for c in classes for _ in range(args.per_class)],
                               device=args.device)
         images = sample_images(model, tokenizer, labels, batch_size=args.batch_size,

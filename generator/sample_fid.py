@@ -4,14 +4,21 @@
     torchrun --nproc_per_node 8 -m generator.sample_fid --ckpt ... --num 50000 --out samples.npz
 
 Sample i has label i % num_classes (balanced: 50 per class for 50,000 ImageNet
-samples) unless --random-labels. Samples come in chunks of --batch-size; chunk k is
-made by rank k % world with its own seed (seed, k), so the result does not depend on
-the number of ranks. Each chunk is written atomically to OUT.parts/; a re-run skips
-finished chunks (resumable), and rank 0 packs the parts into OUT at the end (one
-copy in memory) and removes them. The settings (checkpoint sha1, guidance, filters,
-seed, chunk size, labels) are recorded beside the parts and inside OUT (key
-``settings``, a JSON string): a re-run with the same settings finds OUT done, one with
-other settings into the same OUT is refused.
+samples) unless --random-labels (uniform i.i.d. labels, as LlamaGen draws them for its
+FID rows; the settings name which).
+
+LlamaGen parity (see launch/configs/llamagen/): --precision bf16, --uint8 llamagen
+(clamp(127.5 x + 128) truncated), --eval-size 256 for its 384 px models (decoded at 384,
+bicubic-resized to 256 before the uint8 conversion).
+
+Samples come in chunks of --batch-size; chunk k is made by rank k % world with its own
+seed (seed, k), so the result does not depend on the number of ranks. Each chunk is
+written atomically to OUT.parts/; a re-run skips finished chunks (resumable), and rank 0
+packs the parts into OUT at the end (one copy in memory) and removes them. The settings
+(checkpoint sha1, guidance, filters, seed, chunk size, labels, precision, uint8 and
+eval-size conventions) are recorded beside the parts and inside OUT (key ``settings``, a
+JSON string; eval.fid copies them into its result): a re-run with the same settings
+finds OUT done, one with other settings into the same OUT is refused.
 """
 
 import argparse
@@ -28,14 +35,17 @@ from data.tario import atomic_write_bytes
 from eval.weights import file_sha1
 from generator.sample import (
     ORDERS,
+    UINT8,
     SampleError,
     add_sampling_args,
+    cast_for_sampling,
     check_sampling_args,
     load_gpt,
     load_matching_tokenizer,
     sample_images,
     sampling_kwargs,
 )
+from launch.config import positive_int
 from launch.runtime import init_distributed
 
 
@@ -52,11 +62,17 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="exported gpt.safetensors")
     parser.add_argument("--tokenizer", help="tokenizer weights (default: the one recorded)")
-    parser.add_argument("--num", type=int, default=50000, help="number of samples")
+    parser.add_argument("--num", type=positive_int, default=50000, help="number of samples")
     parser.add_argument("--out", type=Path, required=True, help=".npz to write")
     add_sampling_args(parser)
     parser.add_argument("--random-labels", action="store_true",
                         help="uniformly random labels instead of balanced ones")
+    parser.add_argument("--uint8", choices=UINT8, default="round",
+                        help="float -> uint8: round((x + 1) * 127.5) (ours), or LlamaGen's "
+                             "clamp(127.5 x + 128) truncated")
+    parser.add_argument("--eval-size", type=positive_int,
+                        help="bicubic-resize the decoded images to this size before saving "
+                             "(LlamaGen's 384 px models are evaluated at 256); default: as decoded")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     info = init_distributed()
@@ -69,12 +85,15 @@ def main(argv=None) -> int:
         check_sampling_args(args.cfg, args.top_k, args.top_p, args.temperature,
                             model.cfg.vocab_sizes, args.guide, ORDERS[args.order], model.cfg)
         tokenizer = load_matching_tokenizer(meta, args.tokenizer, device)
+        cast_for_sampling(model, args.precision)
     except (SampleError, FileNotFoundError) as err:
         print(f"generator.sample_fid: {err}", file=sys.stderr)
         return 2
     settings = {"ckpt_sha1": file_sha1(args.ckpt), "num": args.num,
-                "random_labels": args.random_labels, "seed": args.seed,
-                "batch_size": args.batch_size, **sampling_kwargs(args)}
+                "random_labels": args.random_labels,
+                "labels": "random (uniform)" if args.random_labels else "balanced",
+                "seed": args.seed, "batch_size": args.batch_size, "precision": args.precision,
+                "uint8": args.uint8, "eval_size": args.eval_size, **sampling_kwargs(args)}
     recorded = parts / "settings.json"
     finished = _recorded_settings(args.out)
     if finished is not None or recorded.exists():
@@ -99,7 +118,8 @@ def main(argv=None) -> int:
         labels = chunk_labels(k, args.batch_size, args.num, model.cfg.num_classes,
                               args.random_labels, args.seed).to(device)
         images = sample_images(model, tokenizer, labels, batch_size=args.batch_size,
-                               seed=args.seed * 1_000_003 + k, **sampling_kwargs(args))
+                               seed=args.seed * 1_000_003 + k, uint8=args.uint8,
+                               eval_size=args.eval_size, **sampling_kwargs(args))
         import io
         buf = io.BytesIO()
         np.savez(buf, images=images.numpy(), labels=labels.cpu().numpy())

@@ -256,3 +256,39 @@ def test_vq16_layout_is_vq_imagenet():
     assert set(ours) == set(expected)
     params = count_parameters(model) + 16384 * 8  # LlamaGen's codebook is a parameter
     assert 71.5e6 < params < 72.5e6  # "72M"
+
+
+def test_uint8_conventions_against_numpy():
+    from generator.sample import images_to_uint8
+
+    x = torch.cat([torch.tensor([-1.2, -1.0, 0.0, 1.0, 1.3]),
+                   torch.rand(1000, generator=torch.Generator().manual_seed(0)) * 2.2 - 1.1])
+    x = x.view(1, 1, 1, -1).expand(1, 3, 1, -1)
+    v = x[0, 0, 0].numpy()
+    llamagen = np.clip(127.5 * v + 128.0, 0, 255).astype(np.uint8)  # astype truncates
+    ours = np.round((np.clip(v, -1, 1) + 1) * 127.5).astype(np.uint8)
+    assert np.array_equal(images_to_uint8(x, "llamagen")[0, 0, :, 0].numpy(), llamagen)
+    assert np.array_equal(images_to_uint8(x, "round")[0, 0, :, 0].numpy(), ours)
+
+
+def test_llamagen_sampling_options_are_applied_and_recorded(tmp_path, states):
+    from eval.sets import open_set
+    from generator import sample_fid
+    from generator.sample import cast_for_sampling
+
+    rc, out = _import(tmp_path, *_write(tmp_path, states))
+    assert rc == 0
+    model, _ = load_gpt(out / "gpt.safetensors")
+    cast_for_sampling(model, "bf16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.rope_cos.dtype == torch.float32  # rotary tables stay fp32, as LlamaGen's
+    npz = tmp_path / "s.npz"
+    assert sample_fid.main(["--ckpt", str(out / "gpt.safetensors"), "--num", "3",
+                            "--batch-size", "3", "--cfg", "2.0", "--random-labels",
+                            "--precision", "bf16", "--uint8", "llamagen", "--eval-size", "8",
+                            "--out", str(npz), "--quiet"]) == 0
+    with np.load(npz) as f:
+        assert f["arr_0"].shape == (3, 8, 8, 3)
+    settings = open_set(npz).settings  # what eval.fid copies into its result
+    assert (settings["labels"], settings["precision"], settings["uint8"],
+            settings["eval_size"]) == ("random (uniform)", "bf16", "llamagen", 8)
