@@ -3,7 +3,9 @@
     python -m eval.leaderboard runs/gpt-b/result.json [more.json ...] [--out table.md]
 
 Each RESULT.json is what ``eval.fid --json`` writes; an optional top-level "model"
-(and "params", "tokens") names the row, else the file name does. Published rows come
+(and "params", "tokens") names the row, else the file name does; "reproduces" (set by
+``launch.reproduce_llamagen``) names the published row it reproduces, and the table
+gives the gFID difference to it. Published rows come
 from the LlamaGen paper, the GaussianToken paper and the discrete-token leaderboard;
 their reference is the one those papers used. Every row names its reference batch
 and feature weights, because mixing references is how FID tables stop agreeing.
@@ -22,10 +24,14 @@ ADM_REF = "ADM VIRTUAL_imagenet256_labeled.npz"
 ADM_WEIGHTS = "TF inception-2015-12-05 (ADM evaluator)"
 # (model, gFID, IS, precision, recall, params, tokens, note) — ImageNet 256, class-conditional
 PUBLISHED = [
-    ("LlamaGen-B", 5.46, 193.6, None, None, "111M", "256", "cfg 2.0"),
-    ("LlamaGen-L", 3.80, 248.3, None, None, "343M", "256", "cfg 2.0"),
-    ("LlamaGen-XXL", 3.09, None, None, None, "1.4B", "256", "cfg 1.75"),
-    ("LlamaGen-3B", 2.18, 263.3, 0.81, 0.58, "3.1B", "576 (384 px)", "cfg 1.65"),
+    ("LlamaGen-B-256", 5.46, 193.6, None, None, "111M", "256", "cfg 2.0"),
+    ("LlamaGen-L-256", 3.80, 248.3, None, None, "343M", "256", "cfg 2.0"),
+    ("LlamaGen-XXL-256", 3.09, None, None, None, "1.4B", "256", "cfg 1.75"),
+    ("LlamaGen-B-384", 6.09, None, None, None, "111M", "576 (384 px)", "cfg 2.0"),
+    ("LlamaGen-L-384", 3.07, None, None, None, "343M", "576 (384 px)", "cfg 2.0"),
+    ("LlamaGen-XL-384", 2.62, None, None, None, "775M", "576 (384 px)", "cfg 1.75"),
+    ("LlamaGen-XXL-384", 2.34, None, None, None, "1.4B", "576 (384 px)", "cfg 1.75"),
+    ("LlamaGen-3B-384", 2.18, 263.3, 0.81, 0.58, "3.1B", "576 (384 px)", "cfg 1.65"),
     ("RAR-XXL", 1.48, None, None, None, "1.5B", "256", ""),
     ("RAR-B", 1.95, None, None, None, "261M", "256", ""),
     ("VAR-d30", 1.92, None, None, None, "2.0B", "680", ""),
@@ -90,16 +96,29 @@ def check_result(result) -> dict:
     for key in ("sha1", "source", "path"):
         if key in weights and not isinstance(weights[key], str):
             raise NotAResult(f"weights.{key} is {weights[key]!r}, expected a string")
+    if "reproduces" in result and not isinstance(result["reproduces"], str):
+        raise NotAResult(f"reproduces is {result['reproduces']!r}, expected a row name")
     if "num_samples" in result and (not isinstance(result["num_samples"], int)
                                     or isinstance(result["num_samples"], bool)):
         raise NotAResult(f"num_samples is {result['num_samples']!r}, expected an integer")
     return result
 
 
+def _versus(result: dict, published: dict) -> str:
+    """gFID difference to the published row the result reproduces ("-": none)."""
+    row, fid = result.get("reproduces"), result["metrics"].get("fid")
+    if row is None:
+        return "-"
+    if row not in published:
+        return f"unknown row {row!r}"
+    return "-" if fid is None else f"{fid - published[row]:+.2f} vs {row} {published[row]:.2f}"
+
+
 def render(results: list[tuple[str, dict]]) -> str:
+    published = {row[0]: row[1] for row in PUBLISHED}
     lines = ["| model | gFID | sFID | IS | Prec | Rec | samples | params | tokens | reference "
-             "| weights | comparable |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| weights | comparable | vs published |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results:
         m = r["metrics"]
         w = r.get("weights", {})
@@ -110,11 +129,11 @@ def render(results: list[tuple[str, dict]]) -> str:
             f"| {_fmt(m.get('is'), 1)} | {_fmt(m.get('prec'))} | {_fmt(m.get('recall'))} "
             f"| {r.get('num_samples', '?')} | {r.get('params', '-')} | {r.get('tokens', '-')} "
             f"| {r['reference']} | {w.get('source', '?')} sha1 {str(w.get('sha1', '?'))[:12]}, "
-            f"{r.get('resize', '?')} | {comparable} |")
+            f"{r.get('resize', '?')} | {comparable} | {_versus(r, published)} |")
     for model, fid, is_, p, rec, params, tokens, note in PUBLISHED:
         label = f"{model} ({note})" if note else model
         lines.append(f"| {label} | {_fmt(fid)} | - | {_fmt(is_, 1)} | {_fmt(p)} | {_fmt(rec)} "
-                     f"| 50000 | {params} | {tokens} | {ADM_REF} | {ADM_WEIGHTS} | published |")
+                     f"| 50000 | {params} | {tokens} | {ADM_REF} | {ADM_WEIGHTS} | published | - |")
     lines += ["", "| tokenizer | rFID | tokens | reference |", "|---|---|---|---|"]
     lines += [f"| {n} | {_fmt(v)} | {t} | {ref} |" for n, v, t, ref in PUBLISHED_RFID]
     lines += ["", "IS as the ADM evaluator computes it (classifier weight without bias, splits "

