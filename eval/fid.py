@@ -117,8 +117,10 @@ def main(argv=None) -> int:
                         help="resize convention to 299 px: tf1-bilinear is the ADM "
                              "evaluator's (use it to compare with published tables); see "
                              "eval/inception.py")
-    parser.add_argument("--inception", help="Inception TorchScript file (else resolved: "
-                                            "$GTGEN_INCEPTION_WEIGHTS, caches, packages, download)")
+    parser.add_argument("--inception",
+                        help="Inception weights: a TorchScript file (its tensors are read, its "
+                             "code never runs) or our cached .safetensors; else resolved: "
+                             "$GTGEN_INCEPTION_WEIGHTS, caches, packages, download")
     parser.add_argument("--no-download", action="store_true", help="never download weights")
     parser.add_argument("--fid-method", choices=METHODS, default="eig",
                         help="matrix square-root route of the Fréchet distance")

@@ -1,14 +1,14 @@
 """Inception-v3 (inception-2015-12-05) features for FID, sFID and IS.
 
-Images are resized to 299 x 299 and mapped to (x - 128) / 128, then run through the
-TorchScript trunk layer by layer, which lets us tap the spatial features of sFID on
-the way: the first 7 channels of ``mixed_6``'s 1x1 branch (``mixed_6/conv``), 17 x 17
-x 7 = 2023 values, flattened in TensorFlow's (row, column, channel) order as the ADM
-evaluator flattens them, so that they match the ``mu_s`` / ``sigma_s`` stored in its
-reference batches. ``pool`` is the 2048-d pool3 vector of FID; ``logits`` (1008
-classes) exist only when the weights carry the classifier head (NVIDIA's file does,
-the packaged trunk does not), and are computed as ADM computes them for the Inception
-Score: pool3 times the head's weight, without its bias.
+Images are resized to 299 x 299 and mapped to (x - 128) / 128, then run through our
+own copy of the network (eval/inception_net.py) layer by layer, which lets us tap the
+spatial features of sFID on the way: the first 7 channels of ``mixed_6``'s 1x1 branch
+(``mixed_6/conv``), 17 x 17 x 7 = 2023 values, flattened in TensorFlow's (row, column,
+channel) order as the ADM evaluator flattens them, so that they match the ``mu_s`` /
+``sigma_s`` stored in its reference batches. ``pool`` is the 2048-d pool3 vector of
+FID; ``logits`` (1008 classes) exist only when the weights carry the classifier head
+(NVIDIA's file does, the packaged trunk does not), and are computed as ADM computes
+them for the Inception Score: pool3 times the head's weight, without its bias.
 
 Resize conventions (recorded in every result):
   "tf1-bilinear" (default): TensorFlow 1's ResizeBilinear without half-pixel centres,
@@ -18,25 +18,74 @@ Resize conventions (recorded in every result):
   "torch-bilinear": ``F.interpolate(bilinear, align_corners=False)`` (half-pixel
       centres), which is clean-fid's ``legacy_pytorch``; not ADM's resize.
   "clean": clean-fid's PIL bicubic with antialias on each float channel.
+
+Weights: the tensors of a TorchScript file (NVIDIA's, or the packaged trunk) are read
+once without torch.jit (eval/torchscript_reader.py, which runs none of the file's code)
+and cached as safetensors under ~/.cache/gtgen/inception/<file sha1>.safetensors; a
+.safetensors file of those tensors can also be given directly.
 """
+
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from eval.inception_net import InceptionV3
+from eval.torchscript_reader import NotTorchScript, read_tensors
 from eval.weights import ResolvedWeights
 
 RESIZES = ("tf1-bilinear", "torch-bilinear", "clean")
 ADM_RESIZE = "tf1-bilinear"
 SPATIAL_CHANNELS = 7
+CACHE = Path.home() / ".cache" / "gtgen" / "inception"
 
 
-def _trunk(module):
-    if hasattr(module, "layers"):
-        return module.layers
-    if hasattr(module, "net") and hasattr(module.net, "layers"):
-        return module.net.layers
-    raise ValueError("the Inception TorchScript has no 'layers' trunk")
+def _our_name(key: str) -> str | None:
+    """``net.layers.conv.weight`` -> ``layers.conv.weight``; None outside the network."""
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if part in ("layers", "output"):
+            return ".".join(parts[i:])
+    return None
+
+
+def inception_state(weights: ResolvedWeights) -> dict[str, torch.Tensor]:
+    """The network's tensors by our names, from the safetensors cache (or converted from
+    the TorchScript file once and cached)."""
+    from safetensors.torch import load_file, save
+
+    from data.tario import atomic_write_bytes
+
+    path = Path(weights.path)
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    cached = CACHE / f"{weights.sha1}.safetensors"
+    if cached.exists():
+        return load_file(str(cached))
+    try:
+        tensors = read_tensors(path)
+    except (NotTorchScript, OSError) as err:
+        raise ValueError(f"Inception weights {path}: not a TorchScript file ({err})") from None
+    state = {name: t.contiguous() for key, t in tensors.items()
+             if (name := _our_name(key)) is not None}
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(cached, save(state))
+    return state
+
+
+def build_network(state: dict[str, torch.Tensor], where: str) -> InceptionV3:
+    """InceptionV3 (with the classifier when the tensors hold one) loaded strictly."""
+    net = InceptionV3(head="output.weight" in state)
+    if net.output is not None and "output.bias" not in state:
+        state = {**state, "output.bias": torch.zeros(net.output.out_features)}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise ValueError(f"Inception weights {where}: not the inception-2015-12-05 network "
+                         f"({lines[1] if len(lines) > 1 else lines[0]})") from None
+    return net.eval()
 
 
 class InceptionFeatures(torch.nn.Module):
@@ -47,20 +96,14 @@ class InceptionFeatures(torch.nn.Module):
         if resize not in RESIZES:
             raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
         self.weights, self.resize = weights, resize
-        try:
-            self.module = torch.jit.load(weights.path, map_location="cpu").eval()
-        except (RuntimeError, ValueError, OSError) as err:
-            raise ValueError(f"Inception weights {weights.path}: not a TorchScript file "
-                             f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
-                             ) from err
-        self.layers = list(_trunk(self.module).named_children())
-        self.head = getattr(self.module, "output", None)
+        self.net = build_network(inception_state(weights), weights.path)
+        self.layers = list(self.net.layers.named_children())
         # ADM's IS multiplies by the classifier's matrix alone: without one, no logits
-        self.head_weight = getattr(self.head, "weight", None)
+        self.head_weight = None if self.net.output is None else self.net.output.weight
 
     @property
     def device(self) -> torch.device:
-        return next(iter(self.module.parameters())).device
+        return self.net.layers.conv.weight.device
 
     @property
     def has_logits(self) -> bool:

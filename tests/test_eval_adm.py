@@ -2,7 +2,6 @@
 re-implementation of ADM's (or TensorFlow's, or skimage's) definition."""
 
 import json
-from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -136,40 +135,33 @@ def test_inception_score_is_adms(n):
 
 
 def test_is_logits_use_the_classifier_weight_without_bias(tmp_path):
-    class Mixed(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv2d(3, 9, 1)
+    from safetensors.torch import save_file
 
-        def forward(self, x):
-            return self.conv(x)
+    from eval.inception_net import ConvBN, InceptionV3
 
-    class FakeInception(torch.nn.Module):  # the trunk layout our extractor walks
-        def __init__(self):
-            super().__init__()
-            self.layers = torch.nn.Sequential(OrderedDict(
-                down=torch.nn.AdaptiveAvgPool2d(17), mixed_6=Mixed(),
-                pool=torch.nn.AdaptiveAvgPool2d(1)))
-            self.output = torch.nn.Linear(9, 5)
-            torch.nn.init.normal_(self.output.bias, 0, 3.0)
-
-        def forward(self, x):
-            return self.layers(x).flatten(1)
-
-    path = tmp_path / "fake.pt"
-    torch.jit.script(FakeInception()).save(str(path))
+    torch.manual_seed(0)
+    net = InceptionV3(head=True)  # random weights, a classifier with a large bias
+    for m in net.modules():
+        if isinstance(m, ConvBN):
+            torch.nn.init.normal_(m.weight, 0, (2 / m.weight[0].numel()) ** 0.5)
+    torch.nn.init.normal_(net.output.bias, 0, 3.0)
+    path = tmp_path / "with-head.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
     ex = InceptionFeatures(ResolvedWeights("inception", str(path), "explicit", file_sha1(path)))
-    out = ex(_images(3, 7))
-    w = ex.module.output.weight.detach().double()
-    torch.testing.assert_close(out["logits"], out["pool"] @ w.t())
-    assert not torch.allclose(out["logits"], ex.module.output(out["pool"].float()).double())
+    taps = []
+    ex.net.layers.mixed_6.conv.register_forward_hook(lambda m, i, o: taps.append(o))
+    out = ex(_images(2, 7))
+    w = ex.net.output.weight.detach().double()
+    assert out["logits"].shape == (2, 1008)
+    torch.testing.assert_close(out["logits"], out["pool"] @ w.t(), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out["logits"], ex.net.output(out["pool"].float()).double())
     # spatial: (row, column, channel) with channel fastest
-    conv = ex.module.layers.mixed_6(torch.nn.functional.adaptive_avg_pool2d(
-        ex.preprocess(_images(3, 7)), 17)).detach().double().numpy()
-    np.testing.assert_allclose(out["spatial"].numpy(), _adm_spatial_numpy(conv), rtol=1e-6,
-                               atol=1e-6)
+    np.testing.assert_allclose(out["spatial"].numpy(),
+                               _adm_spatial_numpy(taps[0].detach().double().numpy()),
+                               rtol=1e-6, atol=1e-6)
     x = torch.randn(4, 9)
-    torch.testing.assert_close(head_logits(x, w.float()), x @ w.float().t())
+    w9 = torch.randn(5, 9)
+    torch.testing.assert_close(head_logits(x, w9), x @ w9.t())
 
 # ---------------------------------------------------------------- SSIM conventions
 

