@@ -61,6 +61,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor, convention: str = "wang") -> torch.Te
     a, b = a.double(), b.double()
     channels = a.shape[1]
     g, data_range, cov_norm = _window(convention, a.dtype, a.device)
+    if min(a.shape[-2:]) < len(g):
+        raise ValueError(f"SSIM ({convention}) needs images of at least {len(g)} x {len(g)} "
+                         f"pixels, got {a.shape[-2]} x {a.shape[-1]}")
     kx = g.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
     ky = g.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
 

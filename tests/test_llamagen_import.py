@@ -292,3 +292,23 @@ def test_llamagen_sampling_options_are_applied_and_recorded(tmp_path, states):
     settings = open_set(npz).settings  # what eval.fid copies into its result
     assert (settings["labels"], settings["precision"], settings["uint8"],
             settings["eval_size"]) == ("random (uniform)", "bf16", "llamagen", 8)
+
+
+def test_imported_vq_alone_is_evaluated_as_our_own(tmp_path, states, capsys):
+    from tests.data_helpers import make_index_shards
+    from tokenizer import evaluate
+
+    vq_path, _ = _write(tmp_path, states)
+    rc, out = _import(tmp_path, vq_path, None, "--image-size", "8")  # VQ only: 8 px, 4x4
+    assert rc == 0 and not (out / "gpt.safetensors").exists()
+    shards = make_index_shards(tmp_path, 6, 3)  # 8 px images
+    report = tmp_path / "recon.json"
+    assert evaluate.main(["--ckpt", str(out / "tokenizer.safetensors"), "--data", str(shards),
+                          "--no-rfid", "--no-lpips", "--ssim", "llamagen",  # 7x7 window
+                          "--json", str(report), "--quiet"]) == 0
+    result = json.loads(report.read_text())
+    assert result["num_images"] == 6 and result["bits_per_image"] == 16 * 6  # 4x4 of 64 codes
+    capsys.readouterr()
+    assert evaluate.main(["--ckpt", str(out / "tokenizer.safetensors"), "--data", str(shards),
+                          "--no-rfid", "--no-lpips", "--quiet"]) == 2  # 8 px < Wang's 11
+    assert "at least 11 x 11" in _one_line_error(capsys)
