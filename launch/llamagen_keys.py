@@ -77,14 +77,36 @@ def vq_key(name: str) -> str | None:
     return name
 
 
+def gpt_key_theirs(ours: str) -> str:
+    """LlamaGen's name for one of our GPT keys (for messages)."""
+    top = {v: k for k, v in _GPT_TOP.items()}
+    if ours in top:
+        return top[ours]
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", ours)
+    block = {v: k for k, v in _GPT_BLOCK.items()}
+    return f"layers.{m.group(1)}.{block[m.group(2)]}" if m and m.group(2) in block else ours
+
+
+def vq_key_theirs(ours: str) -> str:
+    """LlamaGen's name for one of our VQ keys (for messages)."""
+    if ours == "quantizer.codebook":
+        return VQ_CODEBOOK
+    resample = ".downsample." if ours.startswith("encoder.") else ".upsample."
+    for pattern, repl in ((r"\.levels\.", ".conv_blocks."), (r"\.skip\.", ".nin_shortcut."),
+                          (r"\.proj\.", ".proj_out."), (r"\.resample\.", resample)):
+        ours = re.sub(pattern, repl, ours)
+    return ours
+
+
 def _preview(keys) -> str:
     keys = sorted(keys)
     return ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
 
 
-def rename(state: dict, key_map, expected: dict, what: str, dropped=()) -> dict:
+def rename(state: dict, key_map, expected: dict, what: str, dropped=(), theirs=None) -> dict:
     """{our name: tensor} from ``state``, refusing keys that have no name of ours, names
-    ``expected`` (our {name: shape}) lacks or misses, and shapes that differ."""
+    ``expected`` (our {name: shape}) lacks or misses, and shapes that differ; ``theirs``
+    names a missing key as LlamaGen would (default: the key map of this model)."""
     out, unexpected = {}, []
     for name, value in state.items():
         if name in dropped:
@@ -99,7 +121,8 @@ def rename(state: dict, key_map, expected: dict, what: str, dropped=()) -> dict:
                           f"{_preview(unexpected)}")
     missing = [k for k in expected if k not in out]
     if missing:
-        raise LayoutError(f"{what}: missing keys (ours): {_preview(missing)}")
+        theirs = theirs or (gpt_key_theirs if key_map is gpt_key else vq_key_theirs)
+        raise LayoutError(f"{what}: missing keys: {_preview(theirs(k) for k in missing)}")
     for name, value in out.items():
         if tuple(value.shape) != tuple(expected[name]):
             theirs = next(k for k in state if key_map(k) == name)

@@ -181,7 +181,6 @@ def test_layout_mismatch_is_one_line_naming_the_key(tmp_path, states, capsys, da
     gpt = dict(gpt)
     if damage == "missing":
         del gpt[named]
-        named = "blocks.1.ffn.w3.weight"  # reported in our names
     elif damage == "extra":
         gpt[named] = torch.zeros(3)
     else:
@@ -228,6 +227,20 @@ def test_token_count_sources(tmp_path, states, capsys):
     assert rc == 0
     assert json.loads((out / "llamagen-import.json").read_text())["gpt"]["num_tokens_from"] \
         == "--image-size"
+
+
+def test_missing_vq_keys_are_named_as_llamagen_names_them(states):
+    from launch.llamagen_keys import LayoutError
+
+    cfg = infer_vq(states[0], 16)
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build_tokenizer(cfg).state_dict().items()}
+    for gone in ("encoder.conv_blocks.0.downsample.conv.weight",
+                 "decoder.conv_blocks.1.res.0.nin_shortcut.bias",
+                 "decoder.mid.1.proj_out.weight", "quantize.embedding.weight"):
+        damaged = {k: v for k, v in states[0].items() if k != gone}
+        with pytest.raises(LayoutError, match=gone.replace(".", r"\.")):
+            our_vq_state(damaged, expected, l2_norm=True)
 
 
 @pytest.mark.parametrize("size", list(PUBLISHED_PARAMS))

@@ -200,3 +200,25 @@ def test_registry_settings():
     assert gd.num_tokens == vd.num_tokens == 16  # the baseline matches the token count
     with pytest.raises(ValueError, match="unknown tokenizer size"):
         registry_config("huge")
+
+
+def test_taming_vq_trains_with_its_codebook_on_the_sphere():
+    """LlamaGen's VQ trunk trains through our quantiser: gradients reach the encoder and
+    the EMA codebook (k-means start, updates) stays l2-normalised."""
+    from tokenizer.config import TokenizerConfig, llamagen_vq
+
+    cfg = llamagen_vq(image_size=16, ch_mult=(1, 2), codebook_size=32, dim=4, channels=32,
+                      z_channels=32, res_blocks=1)
+    model = build_tokenizer(cfg).train()
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for _ in range(2):
+        model.zero_grad()
+        recon, aux = model(x)
+        ((recon - x).abs().mean() + aux["commitment"]).backward()
+        norms = model.quantizer.codebook.norm(dim=-1)
+        assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+    assert recon.shape == x.shape and aux["tokens"].shape == (4, 64, 1)
+    assert model.encoder.conv_in.weight.grad.abs().sum() > 0
+    assert model.quant_conv.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="taming"):  # LlamaGen's trunk is for the VQ only
+        TokenizerConfig(kind="gaussian", image_size=32, encoder=cfg.encoder)
