@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from data.tario import atomic_write_bytes, atomic_write_json
+from data.tario import atomic_write_json
 from eval.weights import file_sha1
 from generator.model import GPT
 from launch import config as configlib
@@ -70,7 +70,10 @@ def read_checkpoint(path: Path) -> tuple[dict, dict]:
                                   f"({_first(err)})") from None
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            # memory-mapped where the format allows (zip checkpoints): large files are
+            # paged in as tensors are written out, not held twice
+            mmap = zipfile.is_zipfile(path)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL (\S+)", str(err))
         if found is None:
@@ -134,9 +137,15 @@ def expected_shapes(model_fn) -> dict:
 
 
 def _save(path: Path, state: dict) -> None:
-    from safetensors.torch import save
+    """safetensors written to a temporary file and renamed (atomic; no copy in memory:
+    the 3B model is 12 GB in fp32)."""
+    import os
 
-    atomic_write_bytes(path, save({k: v.contiguous() for k, v in state.items()}))
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    os.replace(tmp, path)
 
 
 def import_pair(vq_path: Path, gpt_path: Path | None, out: Path, image_size: int | None = None,
