@@ -120,6 +120,22 @@ def to_dict(config) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config)))  # tuples -> lists, TOML-able
 
 
+def field_defaults(cls) -> dict:
+    """The defaults of a config class's fields as ``to_dict`` writes them, without
+    constructing (and so validating) the class itself."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            continue
+        out[f.name] = to_dict(value) if dataclasses.is_dataclass(value) else \
+            json.loads(json.dumps(value))
+    return out
+
+
 def _parse_value(text: str):
     try:
         return tomllib.loads(f"v = {text}")["v"]
@@ -180,6 +196,23 @@ def dumps_table(table: dict) -> str:
 def dumps(config) -> str:
     """TOML text of a resolved config."""
     return dumps_table(to_dict(config))
+
+
+def with_added_fields(old, new, defaults):
+    """``old`` (a resolved config written earlier) with the keys ``new`` has and ``old``
+    lacks filled from ``defaults`` (the config classes' defaults): fields added to the
+    classes since ``old`` was written, whose default is the behaviour ``old`` ran with.
+    A new field set away from its default still differs."""
+    if not (isinstance(old, dict) and isinstance(new, dict) and isinstance(defaults, dict)):
+        return old
+    out = dict(old)
+    for key, value in new.items():
+        if key not in old:
+            if key in defaults:
+                out[key] = defaults[key]
+        else:
+            out[key] = with_added_fields(old[key], value, defaults.get(key))
+    return out
 
 
 def positive_int(text: str) -> int:

@@ -127,11 +127,16 @@ class Pipeline:
     def _marker(self, stage: str) -> Path:
         return self.dir(stage) / "stage.json"
 
-    def done(self, stage: str, record: dict) -> bool:
+    def done(self, stage: str, record: dict, config=None) -> bool:
+        """Whether ``stage`` finished with this record; config: the stage's config object
+        (fields added to its class since the stage ran count as their defaults)."""
         marker = self._marker(stage)
         if not marker.exists():
             return False
         found = json.loads(marker.read_text())
+        if config is not None and "config" in found:
+            found["config"] = configlib.with_added_fields(
+                found["config"], record["config"], configlib.field_defaults(type(config)))
         if {k: found.get(k) for k in record} != record:  # outputs (e.g. export_sha1) aside
             raise StageError(
                 f"{marker.parent} was made with another config or from other inputs; delete "
@@ -158,7 +163,7 @@ class Pipeline:
 
         d = self.cfg.data
         record = {"config": configlib.to_dict(d)}
-        if self.done("data", record):
+        if self.done("data", record, d):
             return self.log("data: done")
         fmt = d.format or ("png" if d.builtin else "jpg")
         if self.rank == 0:
@@ -195,7 +200,7 @@ class Pipeline:
         data = self.require("data")
         cfg = self.tokenizer_config()
         record = {"config": configlib.to_dict(cfg), "inputs": {"data": data}}
-        if self.done("tokenizer", record):
+        if self.done("tokenizer", record, cfg):
             return self.log("tokenizer: done")
         self.log(f"tokenizer: training {cfg.size} for {cfg.steps} steps (resumable)")
         Trainer(cfg, progress=self.progress).run()
@@ -218,7 +223,7 @@ class Pipeline:
             raise StageError(f"{export} changed since the tokenizer stage finished "
                              f"(sha1 {info['sha1'][:12]} vs {tok['export_sha1'][:12]})")
         record = {"config": configlib.to_dict(self.cfg.codes), "tokenizer_sha1": info["sha1"]}
-        if self.done("codes", record):
+        if self.done("codes", record, self.cfg.codes):
             return self.log("codes: done")
         from data.builtin import mirror_refusal
         refusal = mirror_refusal(self.dir("data") / "train")
@@ -261,7 +266,7 @@ class Pipeline:
                              f"than {self.dir('tokenizer')} ({tok['export_sha1'][:12]})")
         cfg = self.gpt_config()
         record = {"config": configlib.to_dict(cfg), "inputs": {"codes": codes}}
-        if self.done("gpt", record):
+        if self.done("gpt", record, cfg):
             return self.log("gpt: done")
         self.log(f"gpt: training GPT-{cfg.size} for {cfg.steps} steps with DeepSpeed")
         trainer = Trainer(cfg, progress=self.progress)
@@ -280,7 +285,7 @@ class Pipeline:
         heldout = self._heldout_count()
         num = s.fid_num or heldout
         record = {"config": configlib.to_dict(s), "num": num, "inputs": {"gpt": gpt}}
-        if self.done("sample", record):
+        if self.done("sample", record, s):
             return self.log("sample: done")
         out = self.dir("sample")
         out.mkdir(parents=True, exist_ok=True)
@@ -319,7 +324,7 @@ class Pipeline:
         # the evaluator's version: results of an older feature definition are not reused
         record = {"config": configlib.to_dict(e), "ref": ref, "inputs": {"sample": samples},
                   "evaluator": fid.FEATURES_VERSION}
-        if self.done("eval", record):
+        if self.done("eval", record, e):
             return self.log("eval: done")
         if self.rank != 0:
             return

@@ -75,3 +75,22 @@ def test_gpt_trainer_refuses_bad_values_before_any_work(capsys):
         assert main(["--set", override, "--quiet"]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_fields_added_since_a_run_count_as_their_defaults():
+    """A stage finished before a config field existed is still done (the field's default
+    is what it ran with); setting the new field away from its default is a change."""
+    from generator.train import RunConfig
+    from launch.config import field_defaults, to_dict, with_added_fields
+
+    defaults = field_defaults(RunConfig)
+    assert defaults == to_dict(RunConfig())
+    new = to_dict(RunConfig())
+    old = to_dict(RunConfig())
+    del old["model"]["class_rope"]  # as written before the field was added
+    assert with_added_fields(old, new, defaults) == new
+    changed = to_dict(RunConfig())
+    changed["model"]["class_rope"] = "zero"
+    assert with_added_fields(old, changed, defaults) != changed
+    old["model"]["dropout"] = 0.3  # an existing field that differs still differs
+    assert with_added_fields(old, new, defaults) != new

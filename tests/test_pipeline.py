@@ -140,3 +140,26 @@ def test_demo_ablations_reuse_every_stage_before_their_change(tmp_path):
         DemoConfig(pipelines={"g": {}}, ablations={"t-0": {"8": {"of": "g"}}})
     with pytest.raises(ValueError, match="'of' must name one of the pipelines"):
         DemoConfig(pipelines={"g": {}}, ablations={"x": {"of": "vq"}})
+
+
+def test_stages_finished_before_a_field_was_added_stay_done(run, capsys):
+    """stage.json written before model.class_rope / encoder.style existed: still done."""
+    root, config, _ = run
+    edits = {"gpt": ("model", "class_rope"), "tokenizer": ("tokenizer", "encoder")}
+    saved = {}
+    for stage, (table, key) in edits.items():
+        marker = root / "out" / stage / "stage.json"
+        saved[marker] = marker.read_text()
+        record = json.loads(saved[marker])
+        target = record["config"][table]
+        if key == "encoder":
+            del target[key]["style"], target[key]["z_channels"]
+        else:
+            del target[key]
+        marker.write_text(json.dumps(record))
+    try:
+        assert pipeline.main(["--config", str(config), "--quiet", "--stages",
+                              "tokenizer,gpt"]) == 0, capsys.readouterr().err
+    finally:
+        for marker, text in saved.items():
+            marker.write_text(text)
