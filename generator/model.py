@@ -5,11 +5,11 @@ rotary position embedding, optional qk-norm, scaled_dot_product_attention (xform
 where it imports and runs on CUDA). Input position 0 is the class token, whose
 rotary row is the identity (cos 1, sin 0) or, with ``class_rope = "zero"``, zero as
 LlamaGen's (which zeroes the class token's q and k); input position i >= 1 holds
-tuple t_{i-1}. With
-rope "spatial" the rotation of input i comes from t_{i-1}'s position token ("places",
-[B, L], -1 for the class token) instead of from i; keys are cached rotated, so the
-static KV cache works unchanged. Dropout: ``dropout`` on embeddings, residual branches
-and the FFN; ``attn_dropout`` (default 0) on the attention probabilities.
+tuple t_{i-1}. With rope "spatial" the rotation of input i comes from t_{i-1}'s
+position token ("places", [B, L], -1 for the class token) instead of from i; keys are
+cached rotated, so the static KV cache works unchanged. Dropout: ``dropout`` on
+embeddings, residual branches and the FFN; ``attn_dropout`` (default 0) on the
+attention probabilities.
 Initialisation N(0, 0.02); output heads start at zero.
 
 Tuple heads: with h the final hidden state at a step, component 0 is predicted from

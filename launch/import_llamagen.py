@@ -93,8 +93,8 @@ def read_checkpoint(path: Path) -> tuple[dict, dict]:
             break
     else:
         if not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-            raise CheckpointError(f"{path}: no weights under {', '.join(WRAPPERS)} and not a bare "
-                               f"dict of tensors (top-level keys: {sorted(obj)[:8]})")
+            raise CheckpointError(f"{path}: no weights under {', '.join(WRAPPERS)} and not a "
+                                  f"bare dict of tensors (top-level keys: {sorted(obj)[:8]})")
         state, found = obj, "bare (FSDP)"
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
@@ -114,8 +114,8 @@ def token_count(state: dict, info: dict, path: Path, factor: int,
     if image_size is not None:
         n = (image_size // factor) ** 2
         if saved is not None and saved != n:
-            raise CheckpointError(f"--image-size {image_size} gives {n} tokens, the checkpoint's "
-                               f"rotary table has {saved}")
+            raise CheckpointError(f"--image-size {image_size} gives {n} tokens, the "
+                                  f"checkpoint's rotary table has {saved}")
         return n, "--image-size"
     if saved is not None:
         return saved, "the saved rotary table (freqs_cis)"
