@@ -62,7 +62,10 @@ def inception_state(weights: ResolvedWeights) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     cached = CACHE / f"{weights.sha1}.safetensors"
     if cached.exists():
-        return load_file(str(cached))
+        try:
+            return load_file(str(cached))
+        except Exception:  # a damaged cache entry: convert again and overwrite it
+            pass
     try:
         tensors = read_tensors(path)
     except (NotTorchScript, OSError) as err:
