@@ -90,11 +90,11 @@ def read_tensors(path) -> dict[str, torch.Tensor]:
                 raise NotTorchScript(f"{path}: a zip without a TorchScript data.pkl")
             prefix = pickles[0].split("/")[0]
             root = _Unpickler(archive.read(pickles[0]), archive, prefix).load()
+    except NotTorchScript:
+        raise
     except zipfile.BadZipFile:
         raise NotTorchScript(f"{path}: not a zip archive") from None
     except (pickle.UnpicklingError, ValueError, KeyError, TypeError, EOFError) as err:
-        if isinstance(err, NotTorchScript):
-            raise
         raise NotTorchScript(f"{path}: unreadable TorchScript pickle ({err})") from None
     out: dict[str, torch.Tensor] = {}
     _walk(root, "", out, set())

@@ -24,6 +24,7 @@ missing, unexpected or mis-shaped keys are refused with their names.
 """
 
 import argparse
+import dataclasses
 import pickle
 import re
 import sys
@@ -40,6 +41,7 @@ from launch.llamagen_keys import (
     GPT_DROPPED,
     LayoutError,
     gpt_key,
+    gpt_key_theirs,
     infer_gpt,
     infer_vq,
     rename,
@@ -155,8 +157,8 @@ def import_pair(vq_path: Path, gpt_path: Path | None, out: Path, image_size: int
     vq_args = vq_info["args"] or {}
     if l2_norm is None:
         l2_norm = bool(vq_args.get("codebook_l2_norm", True))
-    probe = infer_vq(vq_raw, 256, l2_norm)
-    factor = probe.encoder.factor
+    tok_cfg = infer_vq(vq_raw, image_size or 256, l2_norm)  # resized below to the GPT's grid
+    factor = tok_cfg.encoder.factor
     record = {"vq": {"file": str(vq_path.resolve()), "sha1": file_sha1(vq_path),
                      "wrapper": vq_info["wrapper"], "l2_norm": l2_norm}}
     if gpt_path is not None:
@@ -171,20 +173,19 @@ def import_pair(vq_path: Path, gpt_path: Path | None, out: Path, image_size: int
         except ValueError as err:  # GPTConfig's own checks (e.g. heads not dividing dim)
             raise CheckpointError(f"GPT: {err}") from None
         gpt_weights = rename(gpt_raw, gpt_key, expected_shapes(lambda: GPT(gpt_cfg)), "GPT",
-                             GPT_DROPPED)
-        if gpt_cfg.vocab_sizes[0] != probe.quantizer.codebook_size:
+                             GPT_DROPPED, gpt_key_theirs)
+        if gpt_cfg.vocab_sizes[0] != tok_cfg.quantizer.codebook_size:
             raise CheckpointError(f"the GPT's vocabulary ({gpt_cfg.vocab_sizes[0]}) is not "
-                                  f"the VQ's codebook ({probe.quantizer.codebook_size})")
+                                  f"the VQ's codebook ({tok_cfg.quantizer.codebook_size})")
         record["gpt"] = {"file": str(gpt_path.resolve()), "sha1": file_sha1(gpt_path),
                          "wrapper": gpt_info["wrapper"], "size": size, "heads": gpt_cfg.heads,
                          "num_tokens": n, "num_tokens_from": source,
                          "num_classes": gpt_cfg.num_classes,
                          "dropped": [k for k in GPT_DROPPED if k in gpt_raw]}
-    image_size = image_size or 256
-    tok_cfg = infer_vq(vq_raw, image_size, l2_norm)
+        tok_cfg = dataclasses.replace(tok_cfg, image_size=image_size)
     tok_weights = vq_state(vq_raw, expected_shapes(lambda: build_tokenizer(tok_cfg)), l2_norm)
     tok_weights = {k: v.float() if v.is_floating_point() else v for k, v in tok_weights.items()}
-    record["vq"].update(image_size=image_size, grid=tok_cfg.grid,
+    record["vq"].update(image_size=tok_cfg.image_size, grid=tok_cfg.grid,
                         codebook=[tok_cfg.quantizer.codebook_size, tok_cfg.quantizer.dim],
                         ch_mult=list(tok_cfg.encoder.ch_mult))
 

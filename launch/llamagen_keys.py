@@ -106,7 +106,7 @@ def _preview(keys) -> str:
 def rename(state: dict, key_map, expected: dict, what: str, dropped=(), theirs=None) -> dict:
     """{our name: tensor} from ``state``, refusing keys that have no name of ours, names
     ``expected`` (our {name: shape}) lacks or misses, and shapes that differ; ``theirs``
-    names a missing key as LlamaGen would (default: the key map of this model)."""
+    (the inverse of ``key_map``) names a missing key as LlamaGen would (None: ours)."""
     out, unexpected = {}, []
     for name, value in state.items():
         if name in dropped:
@@ -121,8 +121,8 @@ def rename(state: dict, key_map, expected: dict, what: str, dropped=(), theirs=N
                           f"{_preview(unexpected)}")
     missing = [k for k in expected if k not in out]
     if missing:
-        theirs = theirs or (gpt_key_theirs if key_map is gpt_key else vq_key_theirs)
-        raise LayoutError(f"{what}: missing keys: {_preview(theirs(k) for k in missing)}")
+        name = theirs or (lambda k: k)
+        raise LayoutError(f"{what}: missing keys: {_preview(name(k) for k in missing)}")
     for name, value in out.items():
         if tuple(value.shape) != tuple(expected[name]):
             theirs = next(k for k in state if key_map(k) == name)
@@ -194,7 +194,7 @@ def vq_state(state: dict, expected: dict, l2_norm: bool) -> dict:
     with l2_norm), EMA statistics filled from it."""
     ours_only = {"quantizer.ema_count", "quantizer.ema_sum", "quantizer.initialised"}
     out = rename(state, vq_key, {k: v for k, v in expected.items() if k not in ours_only},
-                 "VQ", VQ_DROPPED)
+                 "VQ", VQ_DROPPED, vq_key_theirs)
     codebook = out["quantizer.codebook"].float()
     codebook = F.normalize(codebook, dim=-1) if l2_norm else codebook
     out.update({"quantizer.codebook": codebook, "quantizer.ema_sum": codebook.clone(),
