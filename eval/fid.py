@@ -14,7 +14,6 @@ comparable with published ADM-evaluator numbers; metrics the weights cannot give
 listed as unavailable with the reason. Every input problem is one line and exit 2.
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -104,8 +103,7 @@ def check_device(device: str) -> torch.device:
 
 
 def main(argv=None) -> int:
-    parser = one_line_parser(prog="python -m eval.fid", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = one_line_parser(prog="python -m eval.fid", description=__doc__)
     parser.add_argument("samples", help="samples: .npz (arr_0), image folder or shard folder")
     parser.add_argument("ref", help="reference: ADM batch .npz, .npz, image or shard folder")
     parser.add_argument("--metrics", default=",".join(GENERATION_METRICS),

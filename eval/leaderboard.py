@@ -11,7 +11,6 @@ their reference is the one those papers used. Every row names its reference batc
 and feature weights, because mixing references is how FID tables stop agreeing.
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -142,8 +141,7 @@ def render(results: list[tuple[str, dict]]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = one_line_parser(prog="python -m eval.leaderboard", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = one_line_parser(prog="python -m eval.leaderboard", description=__doc__)
     parser.add_argument("results", nargs="*", type=Path, help="result JSON files of eval.fid")
     parser.add_argument("--out", type=Path, help="write the table here as well")
     args = parser.parse_args(argv)

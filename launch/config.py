@@ -239,9 +239,12 @@ def require_parent_dir(path, flag: str) -> None:
 
 def one_line_parser(**kwargs):
     """An ``argparse.ArgumentParser`` whose usage errors are one line
-    (``prog: error: ...``) with exit status 2, like our other input errors."""
+    (``prog: error: ...``) with exit status 2, like our other input errors; the
+    description (a module docstring) is printed as written."""
     import argparse
     import sys
+
+    kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
 
     class _Parser(argparse.ArgumentParser):
         def error(self, message):

@@ -222,8 +222,7 @@ def summary(record: dict, out: Path) -> str:
 
 def main(argv=None) -> int:
     parser = configlib.one_line_parser(prog="python -m launch.import_llamagen",
-                                       description=__doc__,
-                                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                                       description=__doc__)
     parser.add_argument("--vq", type=Path, required=True,
                         help="LlamaGen VQ checkpoint (vq_ds16_c2i.pt) or .safetensors")
     parser.add_argument("--gpt", type=Path,

@@ -15,7 +15,6 @@ Configs (``launch/configs/llamagen/*.toml``, one per published row) name the fil
 download from LlamaGen's release, the guidance scale and the published numbers.
 """
 
-import argparse
 import json
 import shlex
 import subprocess
@@ -90,8 +89,7 @@ def tag_result(path: Path, cfg: ReproConfig, config_path: Path) -> None:
 
 def main(argv=None) -> int:
     parser = configlib.one_line_parser(prog="python -m launch.reproduce_llamagen",
-                                       description=__doc__,
-                                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                                       description=__doc__)
     parser.add_argument("--config", type=Path, required=True,
                         help="a launch/configs/llamagen/*.toml (one per published row)")
     parser.add_argument("--weights", type=Path, required=True,

@@ -13,7 +13,6 @@ Gaussian, and coverage (the share of the image's content mass within 2 sigma of 
 Gaussian).
 """
 
-import argparse
 import json
 import math
 import sys
@@ -126,8 +125,7 @@ def format_table(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = one_line_parser(prog="python -m tokenizer.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = one_line_parser(prog="python -m tokenizer.evaluate", description=__doc__)
     parser.add_argument("--ckpt", required=True, help="checkpoint .pt or exported .safetensors")
     parser.add_argument("--data", required=True, help="image shard folder to reconstruct")
     parser.add_argument("--batch-size", type=positive_int, default=64)
