@@ -90,7 +90,6 @@ def main(argv=None) -> int:
         print(f"generator.sample_fid: {err}", file=sys.stderr)
         return 2
     settings = {"ckpt_sha1": file_sha1(args.ckpt), "num": args.num,
-                "random_labels": args.random_labels,
                 "labels": "random (uniform)" if args.random_labels else "balanced",
                 "seed": args.seed, "batch_size": args.batch_size, "precision": args.precision,
                 "uint8": args.uint8, "eval_size": args.eval_size, **sampling_kwargs(args)}
