@@ -3,8 +3,11 @@
     python -m data.build_shards --src /data/imagenet/train --out shards/in256 --size 256
     python -m data.build_shards --builtin digits --split heldout --out shards/digits-val
 
-Samples are assigned to shards by their position in the sorted item list, so the
-output is deterministic and each shard depends on its own items only. Each shard is
+Items are listed in sorted order (class by class), then put in a fixed pseudo-random
+order (``--order shuffled``, the default; seed ``ORDER_SEED``) before they are cut into
+shards: readers take contiguous runs of shards, and shards of one class each would give
+nearly single-class batches. Keys keep the sorted-list index, so the output is
+deterministic and each shard depends on its own items only. Each shard is
 written atomically (temporary name, then rename) followed by a small sidecar with its
 count and skipped files; a shard with a sidecar is finished. Re-running the same
 command resumes: finished shards are kept, anything half-written is redone.
@@ -20,6 +23,7 @@ from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from data import builtin
@@ -31,6 +35,8 @@ MANIFEST = "manifest.json"
 CLASSES = "classes.json"
 FORMAT_TAG = "gtgen-images-v1"
 CROPS = ("center", "store")
+ORDERS = ("shuffled", "sorted")
+ORDER_SEED = 20261124  # fixed: rebuilding gives the same shards
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class BuildSettings:
     crop: str  # "center": ADM centre crop to size x size; "store": short side = size
     format: str
     shard_size: int
+    order: str = "shuffled"  # item order before sharding; "sorted": class by class
 
     def __post_init__(self):
         if self.size < 1:
@@ -50,6 +57,8 @@ class BuildSettings:
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
         if self.shard_size < 1:
             raise ValueError(f"shard_size must be positive, got {self.shard_size}")
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
 
 
 def shard_name(index: int) -> str:
@@ -92,6 +101,13 @@ def _entries(settings: BuildSettings, builtin_name: str | None, split: str, src:
     return classes, [(f"{i:08d}", rel, None, lab) for i, (rel, lab) in enumerate(items)]
 
 
+def shard_order(n: int, order: str) -> list[int]:
+    """Positions of the sorted items in the order they are written to shards."""
+    if order == "sorted":
+        return list(range(n))
+    return np.random.default_rng(ORDER_SEED).permutation(n).tolist()
+
+
 def _check_or_write(path: Path, obj, what: str) -> None:
     """Write obj once; on resume it must be unchanged."""
     if path.exists():
@@ -112,6 +128,7 @@ def build_shards(out: Path | str, settings: BuildSettings, *, builtin_name: str 
     out = Path(out)
     src = Path(src).resolve() if src is not None else None
     classes, entries = _entries(settings, builtin_name, split, src)
+    entries = [entries[i] for i in shard_order(len(entries), settings.order)]
     out.mkdir(parents=True, exist_ok=True)
     _check_or_write(out / "build.json", asdict(settings), "build settings")
     _check_or_write(out / CLASSES, {"names": classes}, "classes")
@@ -176,6 +193,11 @@ def parse_args(argv=None):
     parser.add_argument("--format", choices=FORMATS, default=None,
                         help="image codec (default: jpg for --src, png for --builtin)")
     parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    parser.add_argument("--order", choices=ORDERS, default="shuffled",
+                        help="shuffled (default): items in a fixed pseudo-random order across "
+                             "shards, so every run of shards mixes classes; sorted: class by "
+                             "class, as listed (only for inspection: training batches would "
+                             "be nearly single-class)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="parallel processes (default: min(8, CPUs))")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -189,7 +211,7 @@ def main(argv=None) -> int:
     source = (f"builtin:{args.builtin}/{args.split}" if args.builtin
               else str(args.src.resolve()))
     try:
-        settings = BuildSettings(source, size, args.crop, fmt, args.shard_size)
+        settings = BuildSettings(source, size, args.crop, fmt, args.shard_size, args.order)
         manifest = build_shards(args.out, settings, builtin_name=args.builtin, split=args.split,
                                 src=args.src, workers=args.workers, progress=not args.quiet)
     except (DatasetError, ValueError) as err:

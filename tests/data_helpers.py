@@ -33,11 +33,12 @@ def make_tree(root: Path, per_class: dict[str, int]) -> int:
 
 
 def make_index_shards(tmp: Path, n: int, shard_size: int, name="shards") -> Path:
+    """Shards in sorted order: shard k holds images k*shard_size, k*shard_size+1, ..."""
     src = tmp / f"{name}-src"
     make_tree(src, {"c0": n // 2, "c1": n - n // 2})
     out = tmp / name
-    build_shards(out, BuildSettings(str(src), 8, "center", "png", shard_size), src=src,
-                 progress=False)
+    build_shards(out, BuildSettings(str(src), 8, "center", "png", shard_size, "sorted"),
+                 src=src, progress=False)
     return out
 
 

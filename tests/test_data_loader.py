@@ -144,3 +144,33 @@ def test_flips_can_be_turned_off(tmp_path):
         (img,), _ = next(iter(loader))
         got = ((img.permute(1, 2, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
         assert np.array_equal(got, arr)
+
+
+@pytest.mark.parametrize("order", ["shuffled", "sorted"])
+def test_batches_mix_classes_as_a_random_draw_would(tmp_path, order):
+    """Class folders are listed in order; one-class shards read in contiguous runs gave
+    nearly single-class batches. Shuffled before sharding, a batch holds as many distinct
+    classes as a uniform draw without replacement (hypergeometric expectation)."""
+    from math import comb
+
+    from data.build_shards import BuildSettings, build_shards
+    from tests.data_helpers import make_tree
+
+    classes, per_class, batch = 16, 24, 8
+    src = tmp_path / "src"
+    make_tree(src, {f"n{c:02d}": per_class for c in range(classes)})
+    out = tmp_path / order
+    build_shards(out, BuildSettings(str(src), 8, "center", "png", per_class, order), src=src,
+                 progress=False)
+    distinct = []
+    for rank in range(2):
+        loader = make_image_loader(out, batch_size=batch, image_size=8, rank=rank,
+                                   world_size=2, shuffle_buffer_size=per_class)
+        distinct += [len(set(labels.tolist())) for _, labels in loader]
+    total = classes * per_class
+    expected = classes * (1 - comb(total - per_class, batch) / comb(total, batch))  # 6.50
+    mean = sum(distinct) / len(distinct)
+    if order == "shuffled":
+        assert mean > 0.9 * expected, (mean, expected)
+    else:  # the defect this guards against, measured the same way
+        assert mean < 0.5 * expected, (mean, expected)
