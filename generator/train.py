@@ -32,6 +32,7 @@ from launch.runtime import (
     resumable_batches,
     rng_state,
     save_checkpoint,
+    save_weights,
     set_rng_state,
     warmup_cosine,
 )
@@ -70,11 +71,15 @@ class DeepSpeedConfig:
     zero_stage: int = 0
     bf16: bool = True  # on CUDA; CPU runs in fp32
     grad_accum: int = 1
+    # ZeRO-3: parameters with fewer elements stay whole on every rank (DeepSpeed's
+    # stage3_param_persistence_threshold; its default)
+    persistence_threshold: int = 100_000
 
     def __post_init__(self):
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"deepspeed.zero_stage must be 0-3, got {self.zero_stage}")
         configlib.require_at_least(self, 1, "grad_accum", prefix="deepspeed.")
+        configlib.require_at_least(self, 0, "persistence_threshold", prefix="deepspeed.")
 
 
 @dataclass
@@ -193,7 +198,9 @@ class Trainer:
             "train_micro_batch_size_per_gpu": cfg.data.batch_size,
             "gradient_accumulation_steps": d.grad_accum,
             "gradient_clipping": o.grad_clip,
-            "zero_optimization": {"stage": d.zero_stage},
+            "zero_optimization": {"stage": d.zero_stage, **(
+                {"stage3_param_persistence_threshold": d.persistence_threshold}
+                if d.zero_stage == 3 else {})},
             "bf16": {"enabled": bool(d.bf16 and cuda)},
             "communication_data_type": "fp32",  # DeepSpeed reduces in bf16 otherwise
             "steps_per_print": 10**12,
@@ -302,14 +309,33 @@ class Trainer:
         set_rng_state(state["rng"])
         return True
 
-    def export(self) -> Path:
-        """EMA (or raw) weights as safetensors + config JSON beside them, for sampling."""
-        from safetensors.torch import save_file
+    def full_weights(self) -> dict[str, torch.Tensor] | None:
+        """Whole fp32 weights on rank 0 (the EMA when kept), None on the other ranks.
+        Collective: under ZeRO-3 each rank holds a slice of every large parameter, so all
+        ranks gather them, one parameter at a time (never the whole model twice)."""
+        if self.ema is not None:
+            return self.ema
+        stage3 = self.cfg.deepspeed.zero_stage == 3
+        weights = {}
+        for name, param in self.gpt.named_parameters():
+            if stage3:
+                import deepspeed
 
-        weights = self.ema if self.ema is not None else {
-            n: p.detach().float() for n, p in self.gpt.named_parameters()}
+                with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                    if self.rank == 0:
+                        weights[name] = param.detach().float().cpu().clone()
+            elif self.rank == 0:
+                weights[name] = param.detach().float()
+        return weights if self.rank == 0 else None
+
+    def export(self) -> Path | None:
+        """EMA (or raw) weights as safetensors + config JSON beside them, for sampling.
+        Called on every rank (ZeRO-3 gathers); rank 0 writes and returns the path."""
+        weights = self.full_weights()
+        if weights is None:
+            return None
         path = self.out / "gpt.safetensors"
-        save_file({k: v.contiguous().cpu() for k, v in weights.items()}, str(path))
+        save_weights(path, weights)
         meta = {"gpt": configlib.to_dict(self.gpt_cfg),
                 "tokenizer": self.manifest.get("tokenizer", {}),
                 "tokens": str(Path(self.cfg.data.tokens).resolve()),
@@ -414,8 +440,8 @@ def main(argv=None) -> int:
     try:
         trainer = Trainer(resolve_config(args.config, overrides), progress=not args.quiet)
         trainer.run()
-        if trainer.rank == 0:
-            path = trainer.export()
+        path = trainer.export()  # every rank: ZeRO-3 gathers the weights
+        if path is not None:
             print(f"done: {trainer.step_num} steps; sampling weights in {path}")
     except (configlib.ConfigError, ValueError, NonFiniteLoss) as err:
         print(f"generator.train: {err}", file=sys.stderr)

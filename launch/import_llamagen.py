@@ -49,6 +49,7 @@ from launch.llamagen_keys import (
     tokens_from_freqs,
     vq_state,
 )
+from launch.runtime import save_weights
 from tokenizer.registry import build_tokenizer, state_sha1
 
 WRAPPERS = ("model", "module", "state_dict")
@@ -138,18 +139,6 @@ def expected_shapes(model_fn) -> dict:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _save(path: Path, state: dict) -> None:
-    """safetensors written to a temporary file and renamed (atomic; no copy in memory:
-    the 3B model is 12 GB in fp32)."""
-    import os
-
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-    os.replace(tmp, path)
-
-
 def import_pair(vq_path: Path, gpt_path: Path | None, out: Path, image_size: int | None = None,
                 heads: int | None = None, l2_norm: bool | None = None) -> dict:
     """Import the VQ (and the GPT) into ``out``; returns the import record."""
@@ -190,10 +179,10 @@ def import_pair(vq_path: Path, gpt_path: Path | None, out: Path, image_size: int
                         ch_mult=list(tok_cfg.encoder.ch_mult))
 
     out.mkdir(parents=True, exist_ok=True)
-    _save(out / "tokenizer.safetensors", tok_weights)
+    save_weights(out / "tokenizer.safetensors", tok_weights)
     atomic_write_json(out / "tokenizer.json", configlib.to_dict(tok_cfg))
     if gpt_path is not None:
-        _save(out / "gpt.safetensors", gpt_weights)
+        save_weights(out / "gpt.safetensors", gpt_weights)
         meta = {"gpt": configlib.to_dict(gpt_cfg),
                 "tokenizer": {"path": str((out / "tokenizer.safetensors").resolve()),
                               "sha1": state_sha1(tok_weights)},

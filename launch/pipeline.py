@@ -271,8 +271,7 @@ class Pipeline:
         self.log(f"gpt: training GPT-{cfg.size} for {cfg.steps} steps with DeepSpeed")
         trainer = Trainer(cfg, progress=self.progress)
         trainer.run()
-        if trainer.rank == 0:
-            trainer.export()
+        if trainer.export() is not None:  # every rank: ZeRO-3 gathers the weights
             self.finish("gpt", record)
         _barrier()
 

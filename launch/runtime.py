@@ -92,6 +92,17 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """safetensors written to a temporary name and renamed: readers never see half a file,
+    and the tensors are not copied into one buffer first (a 3B model is 12 GB in fp32)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
 def load_checkpoint(path: Path, device="cpu") -> dict:
     """Load with weights_only=True: tensors and plain containers, never arbitrary code."""
     return torch.load(path, map_location=device, weights_only=True)

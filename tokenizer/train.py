@@ -33,6 +33,7 @@ from launch.runtime import (
     resumable_batches,
     rng_state,
     save_checkpoint,
+    save_weights,
     set_rng_state,
     warmup_cosine,
 )
@@ -339,9 +340,8 @@ def export_weights(ckpt: Path, out: Path) -> None:
     """EMA weights as safetensors with the tokenizer config beside them (for sampling)."""
     import json
 
-    from safetensors.torch import save_file
     state = load_checkpoint(ckpt)
-    save_file({k: v.contiguous() for k, v in state["ema"].items()}, str(out))
+    save_weights(out, state["ema"])
     out.with_suffix(".json").write_text(json.dumps(state["config"]["tokenizer"], indent=1))
 
 
