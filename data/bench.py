@@ -7,6 +7,10 @@ Image shards are built once in a temporary folder from the built-in ``photos`` c
 random 256 crop with flip, as tokenizer training does. Token shards hold ten views of
 256 tuples of 3 uint16 per image, as a 10-crop GaussianToken extraction would. One
 warm-up pass per row, then the median of three timed epochs.
+
+The resume table times the first batch of a loader restarted inside an epoch (one
+worker, 80% through it): replaying the consumed batches, as resume used to, against
+``start_at_batch`` (the consumed samples are neither read nor decoded).
 """
 
 import argparse
@@ -55,6 +59,29 @@ def _rate(make_loader, workers: int) -> float:
     return statistics.median(times)
 
 
+def _first_batch_seconds(loader, first: int, fast: bool) -> float:
+    loader.dataset.set_epoch(1)
+    start = time.perf_counter()
+    if fast:
+        assert loader.dataset.start_at_batch(first, loader.batch_size, loader.num_workers)
+        next(iter(loader))
+    else:
+        for index, _ in enumerate(loader):
+            if index == first:
+                break
+    return time.perf_counter() - start
+
+
+def _resume_rows(make_loader, what: str) -> list[str]:
+    loader = make_loader()
+    batches = sum(1 for _ in loader)
+    first = int(0.8 * batches)
+    replay = min(_first_batch_seconds(make_loader(), first, False) for _ in range(2))
+    fast = min(_first_batch_seconds(make_loader(), first, True) for _ in range(2))
+    return [f"| {what} | {first} of {batches} | {replay:.2f} | {fast:.3f} | "
+            f"{replay / fast:.0f}x |"]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,6 +109,13 @@ def main(argv=None) -> int:
             rows.append(f"| tokens 10x256x3 uint16 | {workers} | {rate:.0f} "
                         f"| {rate / max(workers, 1):.0f} |")
             print(rows[-1], file=sys.stderr, flush=True)
+        rows += ["", "| resume inside an epoch (1 worker) | at batch | replay s | "
+                 "start_at_batch s | ratio |", "|---|---|---|---|---|"]
+        rows += _resume_rows(lambda: make_image_loader(images, batch_size=32, image_size=256,
+                                                       train=True, num_workers=1),
+                             "images 256 px, crop+flip")
+        rows += _resume_rows(lambda: make_token_loader(tokens, batch_size=64, num_workers=1),
+                             "tokens 10x256x3 uint16")
     print("\n".join(rows))
     return 0
 

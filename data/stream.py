@@ -4,6 +4,9 @@ import json
 import multiprocessing
 import os
 import warnings
+from collections import OrderedDict
+from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +14,10 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from data.split import epoch_ranges, resampled_shards, shuffle_buffer
-from data.tario import TarReadError, iter_tar_samples
+from data.tario import TarIndex, TarReadError
 
 MODES = ("epoch", "resampled")
+OPEN_SHARDS = 8  # shard indexes (and file handles) a reader keeps: the shuffle window
 WARN_LIMIT = 5  # per worker; the counter keeps counting after that
 
 
@@ -66,7 +70,7 @@ class ShardStream(IterableDataset):
         self.manifest = read_manifest(self.folder, self.FORMAT)
         self.mode, self.shuffle, self.seed = mode, shuffle, seed
         self.shuffle_buffer_size = shuffle_buffer_size if shuffle else 0
-        self.epoch = 0
+        self.epoch, self._start = 0, None
         self._skipped = multiprocessing.get_context("fork").Value("q", 0)
 
     @property
@@ -76,14 +80,10 @@ class ShardStream(IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self._start = None  # (worker rotation, positions each worker drops): start_at_batch
 
     def decode(self, sample: dict, rng: np.random.Generator):
         raise NotImplementedError
-
-    def _slot(self) -> tuple[int, int]:
-        info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        return self.rank * workers + worker, self.world_size * workers
 
     def _count_skip(self, n: int, message: str, warned: list[int]) -> None:
         with self._skipped.get_lock():
@@ -92,49 +92,95 @@ class ShardStream(IterableDataset):
             warned[0] += 1
             warnings.warn(f"skipping {n} sample(s): {message}", stacklevel=3)
 
-    def _read(self, shard: int, start: int, stop: int | None, warned):
-        """Raw samples [start, stop) of a shard (stop None: all); damage is counted."""
-        info = self.manifest["shards"][shard]
-        stop = info["count"] if stop is None else stop
-        seen = 0
-        try:
-            for index, sample in enumerate(iter_tar_samples(self.folder / info["name"])):
-                seen = index + 1
-                if index >= stop:
-                    return
-                if index >= start:
-                    yield sample
-        except TarReadError as err:
-            self._count_skip(max(0, stop - max(seen, start)), str(err), warned)
-            return
-        if seen < stop:  # the tar ended early: a truncated shard
-            self._count_skip(stop - max(seen, start),
-                             f"{info['name']} ends after {seen} of {info['count']} samples",
-                             warned)
-
-    def _raw_samples(self, slot, num_slots, warned):
+    def _positions(self, slot: int, num_slots: int) -> Iterator[tuple[int, int]]:
+        """This slot's samples as (shard, index in shard), in read order (before shuffling)."""
         counts = [s["count"] for s in self.manifest["shards"]]
         if self.mode == "epoch":
             for shard, start, stop in epoch_ranges(counts, slot, num_slots, epoch=self.epoch,
                                                    seed=self.seed, shuffle=self.shuffle):
-                yield from self._read(shard, start, stop, warned)
+                for index in range(start, stop):
+                    yield shard, index
         else:
             for shard in resampled_shards(len(counts), slot, epoch=self.epoch, seed=self.seed):
-                yield from self._read(shard, 0, None, warned)
+                for index in range(counts[shard]):
+                    yield shard, index
+
+    def _fetch(self, shard: int, index: int, indexes: OrderedDict, warned):
+        """Raw sample ``index`` of a shard, or None (counted) when damage lost it."""
+        tar = indexes.get(shard)
+        if tar is None:
+            tar = indexes[shard] = TarIndex(self.folder / self.manifest["shards"][shard]["name"])
+            if len(indexes) > OPEN_SHARDS:
+                indexes.popitem(last=False)[1].close()
+        indexes.move_to_end(shard)
+        if index >= len(tar):
+            info = self.manifest["shards"][shard]
+            self._count_skip(1, tar.damage or f"{info['name']} ends after {len(tar)} of "
+                             f"{info['count']} samples", warned)
+            return None
+        try:
+            return tar.read(index)
+        except TarReadError as err:
+            self._count_skip(1, str(err), warned)
+            return None
+
+    def start_at_batch(self, batches: int, batch_size: int, num_workers: int) -> bool:
+        """Make the next iteration begin at batch ``batches`` of this epoch without reading
+        or decoding the ones before: each worker drops the positions it had yielded.
+
+        The DataLoader takes batch b from worker ``b % num_workers`` while every worker
+        still has full batches, so the workers are renumbered (``rotation``) for batch
+        ``batches`` to come first. Returns False, changing nothing, in the last rounds of
+        an epoch where a worker may have run dry (the caller then replays instead). Exact
+        unless corrupt samples were dropped before that point (each shifts its worker by
+        one sample). ``set_epoch`` clears it."""
+        workers = max(1, num_workers)
+        if self.mode != "epoch" or batches < 1:
+            return False
+        counts = [s["count"] for s in self.manifest["shards"]]
+        full = min(sum(stop - start for _, start, stop in epoch_ranges(
+            counts, self.rank * workers + w, self.world_size * workers, epoch=self.epoch,
+            seed=self.seed, shuffle=self.shuffle)) // batch_size for w in range(workers))
+        if batches > workers * full:
+            return False
+        self._start = (batches % workers, [
+            (batches - w + workers - 1) // workers * batch_size for w in range(workers)])
+        return True
+
+    def _slot(self) -> tuple[int, int, int]:
+        """(slot, number of slots, positions to drop) of this process / worker."""
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        rotation, drops = self._start or (0, [0] * workers)
+        if len(drops) != workers:
+            raise ValueError(f"start_at_batch was told {len(drops)} workers, the loader has "
+                             f"{workers}")
+        logical = (worker + rotation) % workers
+        return self.rank * workers + logical, self.world_size * workers, drops[logical]
 
     def __iter__(self):
-        slot, num_slots = self._slot()
-        rng = np.random.default_rng([self.seed, self.epoch, slot])
+        slot, num_slots, drop = self._slot()
+        order_rng = np.random.default_rng([self.seed, self.epoch, slot])
         if get_worker_info() is not None:
             torch.set_num_threads(1)  # workers decode; many of them must not oversubscribe
-        warned = [0]
-
-        def decoded():
-            for sample in self._raw_samples(slot, num_slots, warned):
+        warned, indexes = [0], OrderedDict()
+        order = shuffle_buffer(self._positions(slot, num_slots), self.shuffle_buffer_size,
+                               order_rng)
+        try:
+            for n, (shard, index) in enumerate(islice(order, drop, None), start=drop):
+                sample = self._fetch(shard, index, indexes, warned)
+                if sample is None:
+                    continue
+                # each output position draws from its own generator: dropping positions
+                # on resume leaves the augmentations of the rest unchanged
+                rng = np.random.default_rng([self.seed, self.epoch, slot, n, 1])
                 try:
-                    yield self.decode(sample, rng)
+                    item = self.decode(sample, rng)
                 except Exception as err:  # a corrupt sample: count it, go on
                     self._count_skip(1, f"sample {sample.get('__key__')}: "
                                         f"{type(err).__name__}: {err}", warned)
-
-        yield from shuffle_buffer(decoded(), self.shuffle_buffer_size, rng)
+                    continue
+                yield item
+        finally:
+            for tar in indexes.values():
+                tar.close()

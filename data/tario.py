@@ -116,3 +116,69 @@ def iter_shard_tolerant(path: Path | str, expected: int | None,
         reason = f"{Path(path).name} ends after {seen} of {expected} samples"
     if reason is not None:
         on_loss(lost, reason)
+
+
+class TarIndex:
+    """Random access to the samples of one tar: member headers are scanned once (the data
+    is skipped by seeking), then ``read(i)`` fetches sample i's bytes alone.
+
+    Groups members into samples as ``iter_tar_samples`` does. On damage (an unreadable
+    header, a member running past the end of the file) the samples before it are kept,
+    the one in progress is dropped, and ``damage`` names the problem."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.keys: list[str] = []
+        self._members: list[dict[str, tuple[int, int]]] = []  # ext -> (offset, size)
+        self.damage: str | None = None
+        size = self.path.stat().st_size
+        current: dict[str, tuple[int, int]] = {}
+        key = None
+        try:
+            with tarfile.open(self.path, mode="r:") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    base = member.name.rsplit("/", 1)[-1]
+                    name, dot, ext = base.partition(".")
+                    if not dot:
+                        continue
+                    if current and name != key:
+                        self.keys.append(key)
+                        self._members.append(current)
+                        current = {}
+                    key = name
+                    current[ext] = (member.offset_data, member.size)
+                    if member.offset_data + member.size > size:
+                        raise tarfile.ReadError(f"member {member.name} runs past the end")
+        except (tarfile.TarError, OSError, EOFError) as err:
+            self.damage = f"{self.path}: {err}"
+            current = {}
+        if current:
+            self.keys.append(key)
+            self._members.append(current)
+        self._file = None
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def read(self, index: int) -> dict[str, bytes]:
+        """Sample ``index`` as ``{"__key__": key, ext: bytes}``; TarReadError if unreadable."""
+        try:
+            if self._file is None:
+                self._file = open(self.path, "rb")
+            sample = {"__key__": self.keys[index]}
+            for ext, (offset, size) in self._members[index].items():
+                self._file.seek(offset)
+                data = self._file.read(size)
+                if len(data) != size:
+                    raise EOFError(f"member {self.keys[index]}.{ext} is cut short")
+                sample[ext] = data
+            return sample
+        except (OSError, EOFError) as err:
+            raise TarReadError(f"{self.path}: {err}") from err
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

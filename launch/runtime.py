@@ -112,14 +112,20 @@ def resumable_batches(loader, position, empty_message: str):
     """Endless batches of an epoch-mode shard loader, epoch after epoch.
 
     ``position`` carries ``epoch`` and ``batch_in_epoch`` (checkpointed by the trainer):
-    resuming inside an epoch re-creates that epoch's order and skips the batches
-    already consumed. A loader that gives no batch at all raises ValueError.
+    resuming inside an epoch re-creates that epoch's order and starts at the next batch
+    without reading the consumed ones (``ShardStream.start_at_batch``); in an epoch's
+    last rounds, where that is not possible, the consumed batches are read and dropped.
+    A loader that gives no batch at all raises ValueError.
     """
     while True:
         loader.dataset.set_epoch(position.epoch)
-        for index, batch in enumerate(loader):
+        first = position.batch_in_epoch
+        if not (first and loader.dataset.start_at_batch(first, loader.batch_size,
+                                                         loader.num_workers)):
+            first = 0
+        for index, batch in enumerate(loader, start=first):
             if index < position.batch_in_epoch:
-                continue  # resuming inside an epoch: the same batches, skipped
+                continue  # the replay fallback: the same batches, dropped
             position.batch_in_epoch = index + 1
             yield batch
         if position.batch_in_epoch == 0:

@@ -174,3 +174,64 @@ def test_batches_mix_classes_as_a_random_draw_would(tmp_path, order):
         assert mean > 0.9 * expected, (mean, expected)
     else:  # the defect this guards against, measured the same way
         assert mean < 0.5 * expected, (mean, expected)
+
+
+def _counting(decode, calls: list):
+    def wrapped(sample, rng):
+        calls.append(sample["__key__"])
+        return decode(sample, rng)
+    return wrapped
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_starting_at_a_batch_equals_the_tail_of_the_full_epoch(tmp_path, num_workers):
+    """Resume inside an epoch: the same batches (images, random crops and flips) as an
+    uninterrupted epoch from batch B on, without decoding the first B (no workers: counted).
+    """
+    folder = make_index_shards(tmp_path, 40, shard_size=6)
+    loader = make_image_loader(folder, batch_size=3, image_size=6, train=True, rank=1,
+                               world_size=2, num_workers=num_workers, shuffle_buffer_size=5)
+    loader.dataset.set_epoch(3)
+    full = list(loader)
+    started = 0
+    for first in range(1, len(full)):
+        loader.dataset.set_epoch(3)
+        if not loader.dataset.start_at_batch(first, 3, num_workers):
+            assert first > len(full) - 2 * max(1, num_workers)  # only the last rounds
+            continue
+        started += 1
+        decoded = []
+        if num_workers == 0:
+            loader.dataset.decode = _counting(loader.dataset.decode, decoded)
+        tail = list(loader)
+        loader.dataset.__dict__.pop("decode", None)
+        assert len(tail) == len(full) - first
+        for (a, la), (b, lb) in zip(tail, full[first:], strict=True):
+            assert torch.equal(a, b) and torch.equal(la, lb)
+        if num_workers == 0:
+            assert len(decoded) == 20 - 3 * first  # this rank's 20, less the dropped
+    assert started >= len(full) - 2 * max(1, num_workers)
+    loader.dataset.set_epoch(3)  # clears the start: the whole epoch again
+    assert len(list(loader)) == len(full)
+
+
+def test_tar_index_reads_what_the_sequential_reader_reads_at_every_cut(tmp_path):
+    from data.tario import TarIndex, TarReadError, iter_tar_samples
+
+    folder = make_index_shards(tmp_path, 6, shard_size=6)
+    whole = (folder / "shard-000000.tar").read_bytes()
+    cut = tmp_path / "cut.tar"
+    for size in range(0, len(whole) + 1, 256):
+        cut.write_bytes(whole[:size])
+        expected = []
+        try:
+            for sample in iter_tar_samples(cut):
+                expected.append(sample)
+        except TarReadError:  # the sequential reader stops at the damage
+            pass
+        index = TarIndex(cut)
+        got = [index.read(i) for i in range(len(index))]
+        index.close()
+        # a cut at a member boundary reads as a clean end (the manifest count tells)
+        assert got == expected, size
+    assert len(expected) == 6 and index.damage is None
