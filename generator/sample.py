@@ -31,15 +31,21 @@ class SampleError(ValueError):
 
 
 def load_gpt(path, device="cpu") -> tuple[GPT, dict]:
-    from safetensors.torch import load_file
+    """An exported GPT (``gpt.safetensors`` + ``gpt.json``) in eval mode, and its record;
+    any unusable file is a one-line error naming it."""
+    from launch.runtime import load_state, load_weights, read_json
 
     path = Path(path)
     meta_path = path.with_suffix(".json")
     if not path.exists() or not meta_path.exists():
         raise SampleError(f"need {path} and {meta_path} (python -m generator.train exports both)")
-    meta = json.loads(meta_path.read_text())
-    model = GPT(configlib.from_dict(GPTConfig, meta["gpt"]))
-    model.load_state_dict(load_file(str(path)), strict=True)
+    meta = read_json(meta_path, "the GPT's record", ("gpt",))
+    try:
+        config = configlib.from_dict(GPTConfig, meta["gpt"])
+    except (configlib.ConfigError, TypeError, ValueError) as err:
+        raise SampleError(f"{meta_path}: its 'gpt' config is not valid ({err})") from err
+    model = GPT(config)
+    load_state(model, load_weights(path), path)
     return model.to(device).eval(), meta
 
 
@@ -230,6 +236,9 @@ def main(argv=None) -> int:
     try:
         if args.per_class < 1:
             raise SampleError(f"--per-class must be positive, got {args.per_class}")
+        configlib.require_parent_dir(args.out, "--out")  # before sampling, not after
+        if args.out.suffix.lower() not in Image.registered_extensions():
+            raise SampleError(f"--out {args.out}: not an image file name (e.g. grid.png)")
         model, meta = load_gpt(args.ckpt, args.device)
         names = class_names(meta)
         classes = parse_classes(args.classes, model.cfg.num_classes, names)
@@ -241,7 +250,7 @@ def main(argv=None) -> int:
                               device=args.device)
         images = sample_images(model, tokenizer, labels, batch_size=args.batch_size,
                                seed=args.seed, **sampling_kwargs(args))
-    except (SampleError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:  # SampleError, WeightsError, ...
         print(f"generator.sample: {err}", file=sys.stderr)
         return 2
     labelled_grid(images, labels.tolist(), args.per_class, names, args.zoom).save(args.out)

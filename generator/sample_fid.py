@@ -86,7 +86,7 @@ def main(argv=None) -> int:
                             model.cfg.vocab_sizes, args.guide, ORDERS[args.order], model.cfg)
         tokenizer = load_matching_tokenizer(meta, args.tokenizer, device)
         cast_for_sampling(model, args.precision)
-    except (SampleError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:  # SampleError, WeightsError, ...
         print(f"generator.sample_fid: {err}", file=sys.stderr)
         return 2
     settings = {"ckpt_sha1": file_sha1(args.ckpt), "num": args.num,

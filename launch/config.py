@@ -168,16 +168,19 @@ def merge_tables(base: dict, over: dict) -> dict:
     return out
 
 
+def read_toml(path: Path | str) -> dict:
+    """A config file's tables; a missing or malformed file is a one-line ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from err
+
+
 def load(cls, path: Path | str | None = None, overrides: list[str] | None = None):
-    data = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{path}: not valid TOML ({err})") from err
+    data = read_toml(path) if path is not None else {}
     return from_dict(cls, apply_overrides(data, overrides or []))
 
 

@@ -2,8 +2,10 @@
 environment, atomic checkpoints loaded without executing pickles, RNG capture for
 exact resume, the warm-up + cosine schedule, and model EMA."""
 
+import json
 import math
 import os
+import pickle
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,9 +105,78 @@ def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
     os.replace(tmp, path)
 
 
+class WeightsError(ValueError):
+    """A weights, checkpoint or config file that cannot be used: missing, damaged, not
+    ours, or not matching the model it is loaded into. One line, naming the file."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+
+
 def load_checkpoint(path: Path, device="cpu") -> dict:
     """Load with weights_only=True: tensors and plain containers, never arbitrary code."""
-    return torch.load(path, map_location=device, weights_only=True)
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's message suggests weights_only=False: no
+        raise WeightsError(f"{path} is not a checkpoint of ours: damaged, or holding objects "
+                           "beyond tensors and plain containers, which are refused (loading "
+                           "them would run code from the file)") from err
+    except (RuntimeError, EOFError, ValueError, AttributeError,
+            TypeError) as err:  # whatever a damaged or foreign file makes torch.load raise
+        raise WeightsError(f"{path} is not a readable checkpoint of ours "
+                           f"({_first_line(err)})") from err
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file; a missing or damaged file is a WeightsError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights {path} do not exist")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightsError(f"{path} is not a readable safetensors file "
+                           f"({_first_line(err)})") from err
+
+
+def read_json(path: Path, what: str, keys: tuple[str, ...] = ()) -> dict:
+    """A JSON object from ``path`` holding ``keys``; otherwise a WeightsError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path} ({what}) does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise WeightsError(f"{path} ({what}) is not valid JSON ({_first_line(err)})") from err
+    missing = [k for k in keys if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise WeightsError(f"{path} ({what}) lacks {', '.join(map(repr, missing))}")
+    return data
+
+
+def load_state(model: torch.nn.Module, state: dict, source: Path | str) -> None:
+    """``load_state_dict`` strict, with a mismatch told in one line (counts and a first
+    example of missing, unexpected and mis-shaped tensors) instead of a page."""
+    ours = model.state_dict()
+    missing = [k for k in ours if k not in state]
+    unexpected = [k for k in state if k not in ours]
+    shaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in ours.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems = [f"{len(found)} {kind}, e.g. {found[0]}" for kind, found in
+                (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shaped))
+                if found]
+    if problems:
+        raise WeightsError(f"{source} does not fit the model its config describes: "
+                           + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
 
 
 def resumable_batches(loader, position, empty_message: str):

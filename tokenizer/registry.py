@@ -21,28 +21,32 @@ def load_tokenizer(path, device="cpu"):
     Returns (model, info) with info = {"path", "sha1", "config"}: the fingerprint
     later stages store to refuse tokens from another tokenizer.
     """
-    import json
     from pathlib import Path
 
     from launch import config as configlib
-    from launch.runtime import load_checkpoint
+    from launch.runtime import WeightsError, load_checkpoint, load_state, load_weights, read_json
     from tokenizer.config import TokenizerConfig
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"tokenizer weights {path} do not exist")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         meta = path.with_suffix(".json")
         if not meta.exists():
             raise FileNotFoundError(f"{meta} (the tokenizer config beside {path.name}) is missing")
-        config, state = json.loads(meta.read_text()), load_file(str(path))
+        config, state = read_json(meta, "the tokenizer config"), load_weights(path)
     else:
         ckpt = load_checkpoint(path)
+        if not (isinstance(ckpt, dict) and isinstance(ckpt.get("ema"), dict)
+                and "tokenizer" in (ckpt.get("config") or {})):
+            raise WeightsError(f"{path} is not a tokenizer training checkpoint (no 'config' "
+                               "with a 'tokenizer' table and 'ema' weights)")
         config, state = ckpt["config"]["tokenizer"], ckpt["ema"]
-    model = build_tokenizer(configlib.from_dict(TokenizerConfig, config))
-    model.load_state_dict(state)  # strict: a mismatch is an error, never silently ignored
+    try:
+        model = build_tokenizer(configlib.from_dict(TokenizerConfig, config))
+    except (configlib.ConfigError, TypeError, ValueError) as err:
+        raise WeightsError(f"the tokenizer config of {path} is not valid ({err})") from err
+    load_state(model, state, path)  # strict: a mismatch is an error, never ignored
     return model.to(device).eval(), {"path": str(path.resolve()), "sha1": state_sha1(state),
                                      "config": config}
 

@@ -109,10 +109,7 @@ class RunConfig:
 
 def resolve_config(path=None, overrides=None, size=None) -> RunConfig:
     """File + overrides, with the tokenizer table laid over the registry size."""
-    data = {}
-    if path is not None:
-        import tomllib
-        data = tomllib.loads(Path(path).read_text())
+    data = configlib.read_toml(path) if path is not None else {}
     data = configlib.apply_overrides(data, list(overrides or []))
     if size:
         data["size"] = size
@@ -132,6 +129,20 @@ def resolve_table(data: dict) -> RunConfig:
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+def check_data(cfg: RunConfig) -> None:
+    """The training shards exist, are image shards, and may be mirrored if flips are on."""
+    from data.build_shards import FORMAT_TAG
+    from data.builtin import mirror_refusal
+    from data.stream import read_manifest
+
+    if not cfg.data.shards:
+        raise configlib.ConfigError("data.shards is not set (an image shard folder)")
+    read_manifest(cfg.data.shards, FORMAT_TAG)  # ShardSetError (a ValueError) if not
+    refusal = mirror_refusal(cfg.data.shards) if cfg.data.flip else None
+    if refusal:
+        raise configlib.ConfigError(f"data.flip is on but {refusal}: set data.flip=false")
 
 
 class Trainer:
@@ -217,12 +228,7 @@ class Trainer:
         """Endless (images, labels) on the device, epoch after epoch; resumable."""
         from data.loader import make_image_loader
 
-        if not self.cfg.data.shards:
-            raise configlib.ConfigError("data.shards is not set (an image shard folder)")
-        from data.builtin import mirror_refusal
-        refusal = mirror_refusal(self.cfg.data.shards) if self.cfg.data.flip else None
-        if refusal:
-            raise configlib.ConfigError(f"data.flip is on but {refusal}: set data.flip=false")
+        check_data(self.cfg)
         loader = make_image_loader(
             self.cfg.data.shards, batch_size=self.cfg.data.batch_size,
             image_size=self.cfg.tokenizer.image_size, train=True, flip=self.cfg.data.flip,
@@ -359,6 +365,7 @@ def main(argv=None) -> int:
     overrides = args.set + ([f"out={args.out}"] if args.out else [])
     try:
         cfg = resolve_config(args.config, overrides, args.size)
+        check_data(cfg)  # before any model is built or file written
         result = Trainer(cfg, progress=not args.quiet).run()
     except (configlib.ConfigError, ValueError, NonFiniteLoss) as err:
         print(f"tokenizer.train: {err}", file=sys.stderr)
