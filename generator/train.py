@@ -38,6 +38,10 @@ from launch.runtime import (
 )
 
 SCHEDULES = ("cosine", "constant")
+# what a resumed run may change; anything else would silently make another run (data.tokens
+# may move: the tokenizer fingerprint and the GPT config are checked separately)
+RESUMABLE_CHANGES = frozenset({"steps", "log_every", "ckpt_every", "out", "max_bad_steps",
+                               "data.tokens"})
 
 
 @dataclass
@@ -224,6 +228,7 @@ class Trainer:
         self.epoch, self.batch_in_epoch = 0, 0
         self.progress = progress and self.rank == 0
         self.last_log: dict = {}  # the last logged interval's means (loss, per component)
+        self.resumed_from: Path | None = None
 
     def _lr_lambda(self, step: int) -> float:
         o = self.cfg.optim
@@ -275,11 +280,31 @@ class Trainer:
                     import shutil
                     shutil.rmtree(old, ignore_errors=True)
 
+    def _refuse_foreign_checkpoints(self) -> None:
+        """Without our pointer, the folder may hold only our own unfinished first save
+        (``step-*``): anything else was not written by this trainer, and saving there
+        would prune it."""
+        if not self.ckpt_dir.is_dir():
+            return
+        foreign = sorted(p.name for p in self.ckpt_dir.iterdir()
+                         if not (p.name.startswith("step-") and p.is_dir())
+                         and p.name != "last.json.tmp")
+        if foreign:
+            raise configlib.ConfigError(
+                f"{self.ckpt_dir} holds files this trainer did not write "
+                f"({', '.join(foreign[:3])}): choose a new --out (DeepSpeed checkpoints are "
+                "read with pickle; only runs of this trainer are resumed)")
+
     def resume(self) -> bool:
         pointer = self.ckpt_dir / "last.json"
         if not pointer.exists():
+            self._refuse_foreign_checkpoints()
             return False
-        tag = json.loads(pointer.read_text())["tag"]
+        try:
+            tag = json.loads(pointer.read_text())["tag"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise configlib.ConfigError(f"{pointer} is not a checkpoint pointer of this "
+                                        f"trainer ({err!r}); choose a new --out") from err
         state_file = self._state_file(tag)
         if not state_file.exists():
             found = sorted(p.name for p in (self.ckpt_dir / tag).glob("trainer_state_rank*.pt"))
@@ -287,7 +312,9 @@ class Trainer:
                 f"{self.ckpt_dir / tag} has no state for rank {self.rank} of {self.world} "
                 f"(it holds {len(found)} rank files): resume with the world size it was "
                 "written with, or start a new --out")
-        state = load_checkpoint(state_file)
+        state = load_checkpoint(state_file)  # weights_only: checked before DeepSpeed's pickles
+        configlib.refuse_resume_conflicts(state["config"], self.cfg, RESUMABLE_CHANGES,
+                                          self.ckpt_dir)
         if state["gpt"] != configlib.to_dict(self.gpt_cfg):
             raise configlib.ConfigError(f"{self.ckpt_dir} holds a run with another GPT config "
                                         "(size or token shards differ); use a new --out")
@@ -307,6 +334,7 @@ class Trainer:
         if self.rank == 0 and state["ema"] is not None:  # on the parameters' device
             self.ema = {n: v.to(self.device) for n, v in state["ema"].items()}
         set_rng_state(state["rng"])
+        self.resumed_from = self.ckpt_dir / tag
         return True
 
     def full_weights(self) -> dict[str, torch.Tensor] | None:
@@ -367,8 +395,11 @@ class Trainer:
         end = self.cfg.steps if stop_after is None else min(self.cfg.steps, stop_after)
         bar = tqdm(total=self.cfg.steps, initial=self.step_num, desc="gpt", unit="step",
                    disable=not self.progress)
-        if resumed and self.progress:
-            bar.write(f"resumed at step {self.step_num}")
+        if resumed and self.rank == 0:  # said even with --quiet: a pickle was read
+            bar.write(f"resumed at step {self.step_num} from {self.resumed_from} (written by "
+                      "this trainer, checked before loading; DeepSpeed reads its files there "
+                      "with pickle, so resume only runs you made; share gpt.safetensors)",
+                      file=sys.stderr)
         writer = None
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter

@@ -218,6 +218,41 @@ def with_added_fields(old, new, defaults):
     return out
 
 
+def resume_conflicts(saved: dict, config, allowed: frozenset[str] = frozenset()) -> list[str]:
+    """``"name: old -> new"`` for each field (dotted name) whose value in a checkpoint's
+    config ``saved`` differs from this run's ``config``, except the ``allowed`` ones;
+    fields added to the classes since the checkpoint count as their defaults."""
+    current = to_dict(config)
+    saved = with_added_fields(saved, current, field_defaults(type(config)))
+    conflicts = []
+
+    def walk(old: dict, new: dict, prefix: str) -> None:
+        for key in sorted(set(old) | set(new), key=str):
+            name = prefix + key
+            if name in allowed:
+                continue
+            a, b = old.get(key), new.get(key)
+            if isinstance(a, dict) and isinstance(b, dict):
+                walk(a, b, name + ".")
+            elif a != b:
+                conflicts.append(f"{name}: {a!r} -> {b!r}")
+
+    walk(saved if isinstance(saved, dict) else {}, current, "")
+    return conflicts
+
+
+def refuse_resume_conflicts(saved: dict, config, allowed: frozenset[str], where) -> None:
+    """ConfigError (one line) when the checkpoint in ``where`` was written with settings
+    this run changes beyond ``allowed``."""
+    conflicts = resume_conflicts(saved, config, allowed)
+    if conflicts:
+        more = f" (+{len(conflicts) - 3} more)" if len(conflicts) > 3 else ""
+        raise ConfigError(
+            f"{where} was written by a run with other settings: {'; '.join(conflicts[:3])}"
+            f"{more}. Only {', '.join(sorted(allowed))} may change when resuming: set the "
+            "others back, or use a new --out")
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (batch sizes, counts, limits)."""
     import argparse

@@ -112,6 +112,32 @@ def test_weight_resolution_order(tmp_path, monkeypatch):
         resolve_vgg16(download=False)
 
 
+def test_weights_are_never_looked_up_in_a_world_writable_folder(tmp_path, monkeypatch):
+    """Anyone could plant a file in /tmp; the caches searched are the user's own. The
+    session fixture replaces the cache lists, so a fresh copy of the module is read."""
+    import importlib.util
+    import stat
+    import tempfile
+    from pathlib import Path
+
+    import eval.weights as patched
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    spec = importlib.util.spec_from_file_location("fresh_weights", patched.__file__)
+    fresh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fresh)
+    candidates = fresh.inception_caches() + fresh.vgg16_caches()  # only from HOME/TORCH_HOME
+    assert candidates and all(str(c).startswith(str(tmp_path)) for c in candidates)
+    temp = Path(tempfile.gettempdir()).resolve()
+    assert temp.stat().st_mode & stat.S_IWOTH  # /tmp is world-writable: must not be used
+    monkeypatch.setenv("HOME", "/root")  # a user's own home, outside the temporary folder
+    monkeypatch.delenv("TORCH_HOME")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert not any(temp in Path(c).resolve().parents for c in
+                   fresh.inception_caches() + fresh.vgg16_caches())
+
+
 def test_weights_pickle_loader_refuses_code(tmp_path):
     class Evil:
         def __reduce__(self):

@@ -138,3 +138,37 @@ def test_gpu_resume_with_ema_keeps_training(tmp_path, tokens):
     params = dict(resumed.gpt.named_parameters())
     assert all(v.device == params[n].device for n, v in resumed.ema.items())
     assert params["norm.weight"].is_cuda
+
+
+def test_resume_refuses_other_settings_and_foreign_folders_and_says_it_read_pickles(
+        tmp_path, tokens, capsys):
+    sets = dict(steps=2, ckpt_every=2, ema_decay=0.9)
+    Trainer(_cfg(tmp_path, tokens, "s", **sets), progress=False).run()
+    # a changed learning rate would silently make another run: refused, named
+    changed = Trainer(_cfg(tmp_path, tokens, "s", **{**sets, "optim__lr": 2e-4}),
+                      progress=False)
+    with pytest.raises(ValueError, match=r"other settings: optim\.lr: 0\.0001 -> 0\.0002\. "
+                                         r"Only ckpt_every, data\.tokens, log_every"):
+        changed.resume()
+    # a checkpoint written before a field existed counts it as its default
+    tag = json.loads((tmp_path / "s" / "checkpoints" / "last.json").read_text())["tag"]
+    state_file = tmp_path / "s" / "checkpoints" / tag / "trainer_state_rank0.pt"
+    state = torch.load(state_file, weights_only=True)
+    del state["config"]["deepspeed"]["persistence_threshold"]
+    torch.save(state, state_file)
+    longer = Trainer(_cfg(tmp_path, tokens, "s", **{**sets, "steps": 3}), progress=False)
+    capsys.readouterr()
+    longer.run()  # steps may change
+    assert longer.step_num == 3
+    err = capsys.readouterr().err
+    assert f"resumed at step 2 from {tmp_path / 's' / 'checkpoints' / tag}" in err
+    assert "with pickle" in err
+    # a folder holding another tool's checkpoints: refused, and nothing in it is pruned
+    foreign = tmp_path / "f" / "checkpoints"
+    (foreign / "global_step10").mkdir(parents=True)
+    (foreign / "latest").write_text("global_step10")
+    other = Trainer(_cfg(tmp_path, tokens, "f", **sets), progress=False)
+    with pytest.raises(ValueError, match=r"holds files this trainer did not write "
+                                         r"\(global_step10, latest\)"):
+        other.run()
+    assert sorted(p.name for p in foreign.iterdir()) == ["global_step10", "latest"]

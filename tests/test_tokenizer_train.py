@@ -114,3 +114,14 @@ def test_export_load_and_evaluate(tmp_path, digits):
     assert 0 < report["results"]["tokens"]["metrics"]["codebook_usage"] <= 1
     with pytest.raises(FileNotFoundError, match="do not exist"):
         load_tokenizer(tmp_path / "missing.pt")
+
+
+def test_resume_refuses_other_settings_but_takes_more_steps(tmp_path, digits):
+    Trainer(_cfg(tmp_path, digits, "r", steps=2), progress=False).run()
+    with pytest.raises(configlib.ConfigError, match=r"other settings: loss\.l1: 1\.0 -> 2\.0"):
+        Trainer(_cfg(tmp_path, digits, "r", steps=2, loss__l1=2.0), progress=False).resume()
+    with pytest.raises(configlib.ConfigError, match=r"tokenizer\.gaussian\.num_gaussians"):
+        Trainer(_cfg(tmp_path, digits, "r", steps=2, tokenizer__gaussian__num_gaussians=8),
+                progress=False).resume()
+    longer = Trainer(_cfg(tmp_path, digits, "r", steps=3), progress=False)
+    assert longer.resume() and longer.step_num == 2

@@ -131,6 +131,11 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+# what a resumed run may change (data.shards may move); anything else makes another run
+RESUMABLE_CHANGES = frozenset({"steps", "log_every", "image_every", "ckpt_every", "out",
+                               "max_bad_steps", "data.shards"})
+
+
 def check_data(cfg: RunConfig) -> None:
     """The training shards exist, are image shards, and may be mirrored if flips are on."""
     from data.build_shards import FORMAT_TAG
@@ -212,10 +217,8 @@ class Trainer:
         if not self.last_checkpoint.exists():
             return False
         s = load_checkpoint(self.last_checkpoint, self.device)
-        if s["config"]["tokenizer"] != configlib.to_dict(self.cfg.tokenizer):
-            raise configlib.ConfigError(
-                f"{self.last_checkpoint} was trained with another tokenizer config; "
-                "use a new --out or the same config")
+        configlib.refuse_resume_conflicts(s["config"], self.cfg, RESUMABLE_CHANGES,
+                                          self.last_checkpoint)
         for name in ("model", "ema", "disc", "lecam", "opt_g", "opt_d"):
             getattr(self, name).load_state_dict(s[name])
         self.step_num, self.epoch = s["step"], s["epoch"]
