@@ -18,6 +18,7 @@ reason in ``manifest.json``.
 import argparse
 import json
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
@@ -85,7 +86,8 @@ def _build_shard(task) -> tuple[str, int, list[dict]]:
             samples.append({"__key__": key, settings.format: _process(image, settings),
                             "cls": str(label).encode(), "json": json.dumps(meta).encode()})
         except Exception as err:  # any failure to decode is a reported skip
-            skipped.append({"source": source, "reason": f"{type(err).__name__}: {err}"})
+            reason = re.sub(r" at 0x[0-9a-fA-F]+", "", f"{type(err).__name__}: {err}")
+            skipped.append({"source": source, "reason": reason})  # deterministic text
     count = write_tar_atomic(Path(out_dir) / name, samples)
     sidecar = {"name": name, "count": count, "skipped": skipped}
     atomic_write_json(Path(out_dir) / (name + ".json"), sidecar)

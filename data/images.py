@@ -3,7 +3,7 @@
 import io
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 FORMATS = ("png", "jpg")
 
@@ -11,6 +11,7 @@ FORMATS = ("png", "jpg")
 def center_crop_adm(image: Image.Image, size: int) -> Image.Image:
     """ADM evaluation crop: halve with a box filter while the short side is >= 2*size,
     resize the short side to ``size`` with bicubic, then crop the centre square."""
+    check_aspect(image)
     while min(image.size) >= 2 * size:
         image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
     scale = size / min(image.size)
@@ -21,6 +22,7 @@ def center_crop_adm(image: Image.Image, size: int) -> Image.Image:
 
 def resize_short_side(image: Image.Image, size: int) -> Image.Image:
     """Resize so the short side is ``size`` (no crop): storage for random-crop training."""
+    check_aspect(image)
     scale = size / min(image.size)
     if scale == 1:
         return image
@@ -39,11 +41,43 @@ def encode_image(image: Image.Image, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Decode fully (truncated data raises here, not later) and convert to RGB."""
-    image = Image.open(io.BytesIO(data))
-    image.load()
+MAX_ASPECT = 50  # long side / short side; beyond it an image is refused, not resized
+WHITE = (255, 255, 255)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB. 16- and 32-bit greyscale is scaled from its 16-bit range (Pillow's own
+    conversion clips it: mid-grey came out white); transparent pixels are composited on
+    white (dropping alpha would show whatever colour they hide)."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        grey = np.asarray(image).astype(np.float64)
+        grey = np.clip(np.rint(grey / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (*WHITE, 255)),
+                                     rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def check_aspect(image: Image.Image) -> None:
+    """ValueError for a strip so thin that resizing its short side would take gigabytes
+    (a 12 KB 4000x1 PNG became a 1024000x256 image); no photograph is near the limit."""
+    long, short = max(image.size), max(1, min(image.size))
+    if long > MAX_ASPECT * short:
+        raise ValueError(f"aspect ratio {image.size[0]}x{image.size[1]} is beyond "
+                         f"{MAX_ASPECT}:1")
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode fully (truncated data raises here, not later) and convert to 8-bit RGB.
+    Errors name the problem only (no object addresses), so skip lists are deterministic."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except UnidentifiedImageError:
+        raise UnidentifiedImageError("not an image format Pillow can read") from None
+    return to_rgb(image)
 
 
 def load_image_file(path) -> Image.Image:

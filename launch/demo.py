@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launch import config as configlib
-from launch.pipeline import STAGES, Pipeline, StageError, load_pipeline_config
+from launch.pipeline import (
+    STAGES,
+    Pipeline,
+    StageError,
+    load_pipeline_config,
+    record_config,
+)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.toml"
 
@@ -143,8 +149,9 @@ def main(argv=None) -> int:
             into[name] = []
             for seed, seeded in seed_tables(cfg, table):
                 label = name if seed == cfg.seeds[0] else f"{name} seed {seed}"
-                pcfg = resolve(seeded, Path(seeded["out"]) / "pipeline.toml")
+                pcfg = resolve(seeded, Path(seeded["out"]) / "requested.toml")
                 stage_dirs, timings[label] = run_one(label, pcfg, not args.quiet)
+                record_config(pcfg)
                 into[name].append(stage_dirs)
             notes[name] = cfg.ablations.get(name, {}).get("note", "")
         if not args.quiet:

@@ -350,6 +350,15 @@ def load_pipeline_config(path, overrides=None) -> PipelineConfig:
     return configlib.load(PipelineConfig, path, overrides)
 
 
+def record_config(cfg: PipelineConfig) -> None:
+    """``out/pipeline.toml``: the config of the last run into ``out`` that finished (a
+    refused or failed run leaves it alone; each stage folder records its own config)."""
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    from data.tario import atomic_write_bytes
+
+    atomic_write_bytes(Path(cfg.out) / "pipeline.toml", configlib.dumps(cfg).encode())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m launch.pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -369,10 +378,9 @@ def main(argv=None) -> int:
     try:
         cfg = load_pipeline_config(args.config, args.set)
         pipeline = Pipeline(cfg, progress=not args.quiet)
-        if pipeline.rank == 0:
-            Path(cfg.out).mkdir(parents=True, exist_ok=True)
-            (Path(cfg.out) / "pipeline.toml").write_text(configlib.dumps(cfg))
         pipeline.run(stages)
+        if pipeline.rank == 0:
+            record_config(cfg)
     except (StageError, configlib.ConfigError, ValueError, FileNotFoundError) as err:
         print(f"launch.pipeline: {err}", file=sys.stderr)
         return 2

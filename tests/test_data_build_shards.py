@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -141,3 +142,34 @@ def test_cli_errors_are_one_line(tmp_path, capsys, setup, message):
     assert main(["--src", str(src), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err and err.startswith("data.build_shards:")
+
+
+def test_image_intake_16_bit_alpha_thin_strips_and_deterministic_reasons(tmp_path):
+    """16-bit greyscale keeps its grey (Pillow's conversion clipped it to white); hidden
+    colour under transparency is composited on white; a 4000x1 strip is refused quickly
+    instead of becoming a 1024000x256 image; skip reasons carry no memory addresses."""
+    src = tmp_path / "src" / "a"
+    src.mkdir(parents=True)
+    Image.fromarray(np.full((8, 8), 32768, np.uint16)).save(src / "grey16.png")
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0] = 255  # red, fully transparent in the left half
+    rgba[:, 4:] = (0, 0, 0, 128)  # black at half opacity in the right half
+    Image.fromarray(rgba).save(src / "alpha.png")
+    Image.new("RGB", (4000, 1), (9, 9, 9)).save(src / "strip.png")
+    (src / "notes.txt").write_text("not an image")
+    manifests = []
+    for out in ("one", "two"):
+        build_shards(tmp_path / out, BuildSettings("x", 8, "center", "png", 8),
+                     src=tmp_path / "src", progress=False)
+        manifests.append((tmp_path / out / "manifest.json").read_bytes())
+    assert manifests[0] == manifests[1] and not re.search(rb"0x[0-9a-f]{6}", manifests[0])
+    manifest, samples = _read_all(tmp_path / "one")
+    reasons = {s["source"]: s["reason"] for s in manifest["skipped"]}
+    assert reasons == {"a/notes.txt": "UnidentifiedImageError: not an image format Pillow can read",
+                       "a/strip.png": "ValueError: aspect ratio 4000x1 is beyond 50:1"}
+    pixels = {json.loads(s["json"])["source"]: np.asarray(decode_image(s["png"]))
+              for s in samples}
+    assert (pixels["a/grey16.png"] == 128).all()  # 32768 / 257 = 127.5 -> 128
+    left, right = pixels["a/alpha.png"][:, :4], pixels["a/alpha.png"][:, 4:]
+    assert (left == 255).all()  # white, not the hidden red
+    assert (np.abs(right.astype(int) - 127) <= 1).all()  # black over white at half opacity

@@ -78,9 +78,12 @@ def test_rerun_skips_finished_stages(run):
 
 def test_changed_config_and_foreign_tokens_are_refused(run, capsys):
     root, config, _ = run
+    recorded = (root / "out" / "pipeline.toml").read_text()
     assert pipeline.main(["--config", str(config), "--quiet", "--stages", "tokenizer",
                           "--set", "tokenizer.steps=4"]) == 2
     assert "was made with another config" in capsys.readouterr().err
+    # the refused config is not recorded as the folder's config
+    assert (root / "out" / "pipeline.toml").read_text() == recorded
     manifest_path = root / "out" / "codes" / "manifest.json"
     saved = manifest_path.read_text()
     manifest = json.loads(saved)
