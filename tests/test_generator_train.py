@@ -26,6 +26,8 @@ def _cfg(tmp_path, tokens, name, **sets):
 
 def test_a_few_deepspeed_steps_lower_the_loss(tmp_path, tokens):
     trainer = Trainer(_cfg(tmp_path, tokens, "fit", steps=60, optim__lr=3e-3), progress=False)
+    # gradients are reduced in fp32 even when training in bf16 (DeepSpeed's default: bf16)
+    assert trainer.engine._config.communication_data_type == torch.float32
     batches = trainer.batches()
     losses = []
     for _ in range(60):
