@@ -59,29 +59,17 @@ class TarReadError(Exception):
 def iter_tar_samples(path: Path | str) -> Iterator[dict[str, bytes]]:
     """Yield samples grouped by key, in file order; raise TarReadError on damage.
 
-    Members whose names have no extension are ignored. A sample is yielded once the
-    next key starts (or the tar ends), so a truncated tail never yields half a sample.
+    Members whose names have no extension are ignored. A truncated tail never yields
+    half a sample: the samples before the damage come out, then the error.
     """
-    current: dict[str, bytes] | None = None
+    index = TarIndex(path)
     try:
-        with tarfile.open(path, mode="r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                base = member.name.rsplit("/", 1)[-1]
-                key, dot, ext = base.partition(".")
-                if not dot:
-                    continue
-                if current is not None and current["__key__"] != key:
-                    yield current
-                    current = None
-                if current is None:
-                    current = {"__key__": key}
-                current[ext] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as err:
-        raise TarReadError(f"{path}: {err}") from err
-    if current is not None:
-        yield current
+        for i in range(len(index)):
+            yield index.read(i)
+    finally:
+        index.close()
+    if index.damage is not None:
+        raise TarReadError(index.damage)
 
 
 def iter_shard_tolerant(path: Path | str, expected: int | None,
