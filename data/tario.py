@@ -110,19 +110,20 @@ class TarIndex:
     """Random access to the samples of one tar: member headers are scanned once (the data
     is skipped by seeking), then ``read(i)`` fetches sample i's bytes alone.
 
-    Groups members into samples as ``iter_tar_samples`` does. On damage (an unreadable
-    header, a member running past the end of the file) the samples before it are kept,
-    the one in progress is dropped, and ``damage`` names the problem."""
+    Members are grouped into samples by key in file order (names without an extension
+    are ignored). On damage (a missing or unreadable file, a bad header, a member running
+    past the end of the file) the samples before it are kept, the one in progress is
+    dropped, and ``damage`` names the problem."""
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self.keys: list[str] = []
         self._members: list[dict[str, tuple[int, int]]] = []  # ext -> (offset, size)
         self.damage: str | None = None
-        size = self.path.stat().st_size
         current: dict[str, tuple[int, int]] = {}
         key = None
         try:
+            size = self.path.stat().st_size
             with tarfile.open(self.path, mode="r:") as tar:
                 for member in tar:
                     if not member.isfile():

@@ -353,9 +353,9 @@ def load_pipeline_config(path, overrides=None) -> PipelineConfig:
 def record_config(cfg: PipelineConfig) -> None:
     """``out/pipeline.toml``: the config of the last run into ``out`` that finished (a
     refused or failed run leaves it alone; each stage folder records its own config)."""
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
     from data.tario import atomic_write_bytes
 
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(Path(cfg.out) / "pipeline.toml", configlib.dumps(cfg).encode())
 
 

@@ -254,3 +254,7 @@ def test_tar_index_reads_what_a_sequential_reader_reads_at_every_cut(tmp_path):
             streamed.extend(iter_tar_samples(cut))
         assert streamed == expected, size
     assert len(expected) == 6 and index.damage is None
+    gone = TarIndex(tmp_path / "missing.tar")  # a shard deleted under a reader: damage
+    assert len(gone) == 0 and "missing.tar" in gone.damage
+    with pytest.raises(TarReadError, match=r"missing\.tar"):
+        list(iter_tar_samples(tmp_path / "missing.tar"))
