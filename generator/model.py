@@ -115,21 +115,29 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
         self.attn_p = cfg.attn_dropout
-        self.cache_k = self.cache_v = None
+        # decoding cache, set by GPT.setup_cache; buffers, so torch.compile treats them
+        # as module state mutated in place
+        self.register_buffer("cache_k", None, persistent=False)
+        self.register_buffer("cache_v", None, persistent=False)
         self.use_xformers = False
 
-    def forward(self, x, cos, sin, start: int):
-        B, L, D = x.shape  # [B, L, D]
+    def forward(self, x, cos, sin, start):
+        """x [B, L, D] at input positions start.. (an int, or a 0-dim long tensor while
+        decoding with the cache) -> [B, L, D]."""
+        B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
-        if self.cache_k is not None:  # static cache [B, H, max_len, Dh]
-            self.cache_k[:, :, start:start + L] = k
-            self.cache_v[:, :, start:start + L] = v
-            k, v = self.cache_k[:, :, :start + L], self.cache_v[:, :, :start + L]
-        causal = L > 1
-        if causal and start != 0:
-            raise ValueError("several new positions at once are only supported from position 0")
         p = self.attn_p if self.training else 0.0
+        if self.cache_k is not None:  # static cache [B, H, max_len, Dh]: every step reads
+            # all of it, positions after the newest masked, so shapes never change
+            positions = decode_positions(start, L, x.device)  # [L]
+            self.cache_k.index_copy_(2, positions, k.to(self.cache_k.dtype))
+            self.cache_v.index_copy_(2, positions, v.to(self.cache_v.dtype))
+            mask = torch.arange(self.cache_k.shape[2], device=x.device) <= positions[:, None]
+            y = F.scaled_dot_product_attention(q, self.cache_k, self.cache_v, attn_mask=mask,
+                                               dropout_p=p)
+            return self.drop(self.out(y.transpose(1, 2).reshape(B, L, D)))
+        causal = L > 1
         xops = _xformers_attention() if self.use_xformers and x.is_cuda else None
         if xops is not None:
             bias = xops.LowerTriangularMask() if causal else None
@@ -140,6 +148,14 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal)
             y = y.transpose(1, 2).reshape(B, L, D)  # [B, L, D]
         return self.drop(self.out(y))
+
+
+def decode_positions(start, length: int, device) -> torch.Tensor:
+    """Input positions [length] from start (int or 0-dim tensor), without a host sync."""
+    offsets = torch.arange(length, device=device)
+    if isinstance(start, torch.Tensor):
+        return start.to(device=device, dtype=torch.long) + offsets
+    return offsets + start
 
 
 class Block(nn.Module):
@@ -255,6 +271,9 @@ class GPT(nn.Module):
         """(cos, sin) for inputs at positions start..start+length-1: [L, Dh/2], or
         [B, 1, L, Dh/2] from places [B, L] with rope "spatial"."""
         if self.cfg.rope != "spatial":
+            if isinstance(start, torch.Tensor):  # decoding: gather, no host sync
+                idx = decode_positions(start, length, self.rope_cos.device)
+                return self.rope_cos[idx], self.rope_sin[idx]
             return self.rope_cos[start:start + length], self.rope_sin[start:start + length]
         if places is None or places.shape[1] != length:
             raise ValueError(f"rope='spatial' needs the position tokens [B, {length}] of the "
@@ -322,9 +341,11 @@ class GPT(nn.Module):
         for block in self.blocks:
             block.attn.cache_k = block.attn.cache_v = None
 
-    def step(self, x: torch.Tensor, start: int, places: torch.Tensor | None = None):
-        """Hidden states [B, L, D] of new inputs x [B, L, D] at positions start.. (cached);
-        places [B, L]: their position tokens (rope "spatial")."""
+    def step(self, x: torch.Tensor, start, places: torch.Tensor | None = None):
+        """Hidden states [B, L, D] of new inputs x [B, L, D] at positions start.. (cached;
+        start an int or a 0-dim long tensor, which keeps every step's shapes and inputs
+        alike for torch.compile and CUDA graphs); places [B, L]: their position tokens
+        (rope "spatial")."""
         return self.hidden(x, start, places)
 
 

@@ -114,16 +114,23 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="same seed, same samples")
     parser.add_argument("--batch-size", type=configlib.positive_int, default=64,
                         help="samples per batch")
-    parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+    parser.add_argument("--precision", "--dtype", choices=list(PRECISIONS), default="fp32",
                         help="GPT weights and KV cache precision (LlamaGen samples in bf16; "
                              "rotary tables and logits stay fp32)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the cached decoding step (CUDA: CUDA graphs); the "
+                             "first batch pays the compilation. Samples of a seed are fixed "
+                             "per code path and precision, not across them")
 
 
 def sampling_kwargs(args) -> dict:
     """generate()'s keyword arguments from the flags of :func:`add_sampling_args`."""
-    return {"cfg_scale": args.cfg, "schedule": args.schedule, "guide": args.guide,
-            "order": ORDERS[args.order], "temperature": args.temperature,
-            "top_k": args.top_k, "top_p": args.top_p}
+    kwargs = {"cfg_scale": args.cfg, "schedule": args.schedule, "guide": args.guide,
+              "order": ORDERS[args.order], "temperature": args.temperature,
+              "top_k": args.top_k, "top_p": args.top_p}
+    if args.compile:  # recorded only when on, so earlier sample sets keep their settings
+        kwargs["compile"] = True
+    return kwargs
 
 
 def check_sampling_args(cfg_scale: float, top_k: int, top_p: float, temperature: float,
@@ -193,10 +200,11 @@ def cast_for_sampling(model, precision: str):
 @torch.no_grad()
 def sample_images(model, tokenizer, labels: torch.Tensor, *, batch_size=64, seed=0,
                   uint8: str = "round", eval_size: int | None = None, **kwargs) -> torch.Tensor:
-    """uint8 images [B, S, S, 3] for labels [B]; batch b uses seed (seed, b)."""
+    """uint8 images [B, S, S, 3] for labels [B]; batch b uses seed (seed, b), drawn by a
+    generator on labels' device (the same seed gives other samples on CPU and CUDA)."""
     out = []
     for b, start in enumerate(range(0, len(labels), batch_size)):
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
+        gen = torch.Generator(labels.device).manual_seed(seed * 1_000_003 + b)
         tokens = generate(model, labels[start:start + batch_size], generator=gen, **kwargs)
         decoded = resize_for_eval(tokenizer.decode(tokens), eval_size)
         out.append(images_to_uint8(decoded, uint8))

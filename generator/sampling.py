@@ -68,29 +68,62 @@ def guided_components(guide, names: list[str]) -> list[int]:
     return sorted(set(out))
 
 
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row of probs [B, V] (non-negative, rows need not sum to 1), on
+    probs' device: argmax of probs / E with E ~ Exp(1) i.i.d. (P(argmax = v) = p_v; the
+    one-sample path of torch.multinomial, so the same draws for the same generator),
+    without multinomial's host-side checks: no device sync, fixed shapes."""
+    race = torch.empty_like(probs, dtype=torch.float32).exponential_(generator=generator)
+    return (probs.float() / race).argmax(-1)
+
+
 def _draw(logits, temperature, top_k, top_p, generator):
     if temperature == 0:
         return logits.argmax(-1)
-    probs = torch.softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)
-    return torch.multinomial(probs.float().cpu(), 1, generator=generator).squeeze(-1) \
-        .to(logits.device)
+    return draw(torch.softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1),
+                generator)
+
+
+def decode_step(model, compile: bool = False):
+    """The trunk's cached step (x [B, 1, D], position: 0-dim tensor, places) -> h [B, D].
+
+    compile: torch.compile it (CUDA: mode "reduce-overhead", i.e. CUDA graphs). Every
+    step has the same shapes (full-length cache with a mask, position as a tensor), so
+    it compiles once per batch size. Compiled and eager steps may differ in the last
+    bits, so the samples of a seed are fixed per code path and dtype.
+    """
+    def step(x, position, places):
+        return model.step(x, position, places)[:, -1]
+
+    if not compile:
+        return step
+    cuda = next(model.parameters()).is_cuda
+    return torch.compile(step, fullgraph=True, dynamic=False,
+                         mode="reduce-overhead" if cuda else None)
 
 
 @torch.no_grad()
 def generate(model, labels: torch.Tensor, *, cfg_scale: float = 1.0, schedule: str = "constant",
              guide=None, order: bool | None = None, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, generator: torch.Generator | None = None,
-             use_cache: bool = True) -> torch.Tensor:
+             use_cache: bool = True, compile: bool = False) -> torch.Tensor:
     """Sample tuples [B, N, K] for class labels [B] (int64).
 
     guide: the components CFG applies to (see :func:`guided_components`; None = all).
     order: the order constraint on the position component; None = on when the model's
-    tuples have one.
+    tuples have one. generator: on labels' device (draws happen there). compile: see
+    :func:`decode_step` (with the cache only).
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if cfg_scale < 0:
         raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
+    if compile and not use_cache:
+        raise ValueError("compile needs the KV cache (use_cache=True)")
+    if generator is not None and generator.device.type != labels.device.type:
+        raise ValueError(f"the generator is on {generator.device} but sampling runs on "
+                         f"{labels.device}; create it there: "
+                         f"torch.Generator({labels.device.type!r})")
     cfg = model.cfg
     B, N, K = labels.shape[0], cfg.num_tokens, len(cfg.vocab_sizes)
     pc = cfg.position_component
@@ -108,19 +141,22 @@ def generate(model, labels: torch.Tensor, *, cfg_scale: float = 1.0, schedule: s
 
     was_training = model.training
     model.eval()
-    tokens = torch.zeros(B, 0, K, dtype=torch.long, device=labels.device)
+    tokens = torch.zeros(B, N, K, dtype=torch.long, device=labels.device)
+    positions = torch.arange(N, device=labels.device)  # views of it: no host-to-device copy
     if use_cache:
         model.setup_cache(cls.shape[0])
+        step = decode_step(model, compile)
     try:
         x = model.cls_embed(cls)[:, None]  # the class token at position 0
         places = model.places(tokens.new_zeros(cls.shape[0], 0, K), class_token=True)
         for i in range(N):
             if use_cache:
-                h = model.step(x, i, places)[:, -1]  # [B or 2B, D]
+                h = step(x, positions[i], places)  # [B or 2B, D]
             else:
-                seq = torch.cat([model.cls_embed(cls)[:, None], model.embed_tokens(both(tokens))],
-                                1)
-                h = model.hidden(seq, 0, model.places(both(tokens), class_token=True))[:, -1]
+                seq = torch.cat([model.cls_embed(cls)[:, None],
+                                 model.embed_tokens(both(tokens[:, :i]))], 1)
+                h = model.hidden(seq, 0, model.places(both(tokens[:, :i]), class_token=True))
+                h = h[:, -1]
             scale = guidance_scale(i, N, cfg_scale, schedule)
             parts = []
             for k in range(K):
@@ -129,10 +165,10 @@ def generate(model, labels: torch.Tensor, *, cfg_scale: float = 1.0, schedule: s
                     cond, uncond = logits.chunk(2)
                     logits = uncond + scale * (cond - uncond) if k in guide_set else cond
                 if order and k == pc and i > 0:
-                    logits = order_mask(logits, tokens[:, -1, pc])
+                    logits = order_mask(logits, tokens[:, i - 1, pc])
                 parts.append(_draw(logits, temperature, top_k, top_p, generator))
-            new = torch.stack(parts, -1)[:, None]  # [B, 1, K]
-            tokens = torch.cat([tokens, new], 1)
+            tokens[:, i] = torch.stack(parts, -1)
+            new = tokens[:, i:i + 1]  # [B, 1, K]
             x, places = model.embed_tokens(both(new)), model.places(both(new))
     finally:
         if use_cache:
