@@ -1,15 +1,25 @@
 """The CUDA splat kernel against the float64 reference (marked `gpu`: skipped without CUDA).
 
 Tolerances are norm-relative, ||kernel - ref|| / ||ref||, with the reference run in
-float64 on the very same (already rounded) inputs:
-  * float32 inputs: the kernel accumulates in fp32 over at most N terms, so forward
-    error is a few 1e-7; gradients are sums of signed terms with cancellation, 1e-5.
-  * bf16/fp16 features: the output is rounded to the input dtype, which alone costs
-    up to 2^-9 (bf16) or 2^-12 (fp16) relative per element; 4e-3 and 1e-3.
+float64 on the very same (already rounded) inputs. fp32: the geometry is rounded before
+the weight is taken: a pixel offset carries an absolute error ~ eps * map size, divided
+by the scale inside the exponent, so the weight's relative error grows with
+max(H, W) / smallest scale (64 px over 0.2 px scales: 1e-6 norm-relative measured for
+the kernel's arithmetic, beside 1e-7 at unit ratio); gradients add cancellation in
+signed sums (4e-6 measured). The bounds (:func:`tolerances`: 5e-6 and 3e-5, growing
+with that ratio past 250 and 600) sit 2.5-10x over the fp32 reference's own error on
+the hardest cases here; `test_tolerances_admit_fp32_arithmetic`
+checks that on the CPU (it is not marked gpu), so the bounds cannot be tightened below
+what correct fp32 arithmetic achieves without CI noticing.
+bf16/fp16 features: the output is rounded to the input dtype, which alone costs up to
+2^-9 (bf16) or 2^-12 (fp16) relative per element; 4e-3 and 1e-3.
 Pixels whose Mahalanobis^2 lies within 1e-4 (relative) of the cut-off may be kept by
 one implementation and dropped by the other after fp32 rounding. Such ambiguous pixels,
 and the Gaussians that touch them, are found by running the reference with the cut-off
 moved by +-1e-4 and are left out of the comparison; everything else must agree.
+Every output tensor is poisoned with NaN before the call (blocks of its exact size are
+filled and freed so the caching allocator hands them out again), so an element the
+kernel never writes fails the finiteness check.
 """
 
 import itertools
@@ -21,16 +31,23 @@ import torch
 from kernels import DEFAULT_CUTOFF, splat
 from tests.splat_oracle import random_gaussians
 
-pytestmark = pytest.mark.gpu
+gpu = pytest.mark.gpu
 
-FORWARD_TOL = {torch.float32: 1e-6, torch.bfloat16: 4e-3, torch.float16: 1e-3}
-GRAD_TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 3e-3}
+FORWARD_TOL = {torch.float32: 5e-6, torch.bfloat16: 4e-3, torch.float16: 1e-3}
+GRAD_TOL = {torch.float32: 3e-5, torch.bfloat16: 1e-2, torch.float16: 3e-3}
+FP32_PER_RATIO = {"forward": 2e-8, "gradient": 5e-8}
+"""fp32 bounds grow past the floors above with max(H, W) / smallest scale: the fp32
+reference measured 9.9e-6 forward and 1.4e-5 gradients at 64 px over 0.05 px scales
+(ratio 1280), 5.3e-6 and 9.5e-6 at ratio 640, 8.8e-7 and 3.8e-6 at 64 over 0.2."""
+NAMES = ("means", "scales", "rotations", "features", "opacity")
 
 
-def _poison_allocator(numel: int) -> None:
-    """Fill freed cached memory with NaN so an output element the kernel never writes shows."""
-    torch.empty(numel * 4 + (1 << 20), device="cuda").fill_(math.nan)
+def _poison_allocator(shapes_dtypes) -> None:
+    """Leave one NaN-filled cached block of each output's exact size in the allocator."""
+    blocks = [torch.full(shape, math.nan, dtype=dtype, device="cuda")
+              for shape, dtype in shapes_dtypes]
     torch.cuda.synchronize()
+    del blocks
 
 
 def _rel(got: torch.Tensor, ref: torch.Tensor, keep: torch.Tensor) -> float:
@@ -38,12 +55,13 @@ def _rel(got: torch.Tensor, ref: torch.Tensor, keep: torch.Tensor) -> float:
     return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def _inputs(B, N, C, dtype, seed):
+def _inputs(B, N, C, dtype, seed, device="cuda", scale_range=(0.2, 6.0), mean_range=1.2):
     gen = torch.Generator().manual_seed(seed)
     means, scales, rot, feat, opac = random_gaussians(B, N, C, generator=gen,
-                                                      scale_range=(0.2, 6.0))
-    geometry = [t.float().cuda() for t in (means, scales, rot)]
-    return [*geometry, feat.to(dtype).cuda(), opac.to(dtype).cuda()]
+                                                      scale_range=scale_range,
+                                                      mean_range=mean_range)
+    geometry = [t.float().to(device) for t in (means, scales, rot)]
+    return [*geometry, feat.to(dtype).to(device), opac.to(dtype).to(device)]
 
 
 def _reference(inputs, H, W, grad_out, cutoff):
@@ -52,47 +70,116 @@ def _reference(inputs, H, W, grad_out, cutoff):
     return out.detach(), torch.autograd.grad(out, leaves, grad_out.double())
 
 
-def _compare(B, N, C, H, W, dtype, seed):
-    inputs = _inputs(B, N, C, dtype, seed)
+def _errors(B, N, C, H, W, dtype, seed, backend="cuda", **ranges) -> dict[str, float]:
+    """Norm-relative errors of ``backend`` (forward and the five gradients) against the
+    float64 reference, ambiguous pixels left out (see the module docstring)."""
+    device = "cuda" if backend == "cuda" else "cpu"
+    inputs = _inputs(B, N, C, dtype, seed, device, **ranges)
     leaves = [t.detach().requires_grad_() for t in inputs]
-    grad_out = torch.randn(B, C, H, W, device="cuda").to(dtype)
-    _poison_allocator(B * C * H * W + B * N * (C + 6))
-    out = splat(*leaves, height=H, width=W, backend="cuda")
+    grad_out = torch.randn(B, C, H, W, generator=torch.Generator().manual_seed(seed)) \
+        .to(device=device, dtype=dtype)
+    if backend == "cuda":
+        _poison_allocator([((B, C, H, W), dtype)] + [(t.shape, t.dtype) for t in inputs])
+    out = splat(*leaves, height=H, width=W, backend=backend)
     grads = torch.autograd.grad(out, leaves, grad_out)
     assert out.dtype == dtype and out.shape == (B, C, H, W)
     assert torch.isfinite(out).all(), "kernel left output elements unwritten (NaN poison)"
-    assert all(torch.isfinite(g).all() for g in grads), "unwritten or non-finite gradients"
+    for name, g in zip(NAMES, grads, strict=True):
+        assert torch.isfinite(g).all(), f"unwritten or non-finite gradient of {name}"
 
     ref, ref_grads = _reference(inputs, H, W, grad_out, DEFAULT_CUTOFF)
     lo, lo_grads = _reference(inputs, H, W, grad_out, DEFAULT_CUTOFF * (1 - 1e-4))
     hi, hi_grads = _reference(inputs, H, W, grad_out, DEFAULT_CUTOFF * (1 + 1e-4))
     pixel_ok = (lo - hi).abs() <= 1e-12 * (1 + ref.abs())
     assert pixel_ok.float().mean() > 0.95, "test inputs are dominated by boundary pixels"
-    assert _rel(out, ref, pixel_ok) < FORWARD_TOL[dtype]
-
-    for name, g, r, gl, gh in zip(("means", "scales", "rotations", "features", "opacity"),
-                                  grads, ref_grads, lo_grads, hi_grads, strict=True):
+    errors = {"forward": _rel(out, ref, pixel_ok)}
+    for name, g, r, gl, gh in zip(NAMES, grads, ref_grads, lo_grads, hi_grads, strict=True):
         ok = (gl - gh).abs() <= 1e-9 * (1 + r.abs())
         if ok.dim() == 3:  # a Gaussian is comparable only if all its entries are
             ok = ok.all(dim=-1, keepdim=True).expand_as(ok)
-        assert _rel(g, r, ok) < GRAD_TOL[dtype], f"gradient of {name}"
+        errors[name] = _rel(g, r, ok) if r.numel() else 0.0
+    return errors
+
+
+def tolerances(dtype, H, W, scale_range=(0.2, 6.0), **_) -> tuple[float, float]:
+    """(forward, gradient) bounds for a comparison at H x W with scales in scale_range."""
+    if dtype != torch.float32:
+        return FORWARD_TOL[dtype], GRAD_TOL[dtype]
+    ratio = max(H, W) / scale_range[0]
+    return (max(FORWARD_TOL[dtype], FP32_PER_RATIO["forward"] * ratio),
+            max(GRAD_TOL[dtype], FP32_PER_RATIO["gradient"] * ratio))
+
+
+def _compare(B, N, C, H, W, dtype, seed, backend="cuda", **ranges):
+    errors = _errors(B, N, C, H, W, dtype, seed, backend, **ranges)
+    forward_tol, grad_tol = tolerances(dtype, H, W, **ranges)
+    assert errors["forward"] < forward_tol, errors
+    for name in NAMES:
+        assert errors[name] < grad_tol, f"gradient of {name}: {errors}"
 
 
 SIZES = list(itertools.product([1, 3, 8, 32, 256], [1, 7], [16, 31, 32, 64], [1, 64, 256, 1000]))
+# (B, N, C, H, W, ranges): what the sweep above leaves out
+EDGE_CASES = {
+    "partial channel chunk C=33": (2, 200, 33, 24, 24, {}),
+    "partial channel chunk C=63": (1, 150, 63, 20, 28, {}),
+    "non-square 16x48": (3, 256, 5, 16, 48, {}),
+    "non-square 40x24": (2, 300, 8, 40, 24, {}),
+    "non-square 31x64, C=40": (1, 128, 40, 31, 64, {}),
+    "sub-pixel scales 0.05-0.2": (2, 500, 4, 32, 32, {"scale_range": (0.05, 0.2)}),
+    "large scales 6-40": (2, 64, 4, 48, 40, {"scale_range": (6.0, 40.0)}),
+    "means far off the map (+-3)": (2, 400, 4, 32, 32, {"mean_range": 3.0}),
+}
+HARDEST = [(7, 1000, 8, 64, 64, {}), (2, 500, 4, 64, 64, {"scale_range": (0.05, 0.2)}),
+           *EDGE_CASES.values()]
 
 
+@gpu
 @pytest.mark.parametrize(("C", "B", "HW", "N"), SIZES)
 def test_kernel_matches_reference_fp32(C, B, HW, N):
     _compare(B, N, C, HW, HW, torch.float32, seed=C * 7 + B * 13 + HW * 17 + N)
 
 
+@gpu
+@pytest.mark.parametrize("case", list(EDGE_CASES))
+def test_kernel_matches_reference_edge_cases(case):
+    B, N, C, H, W, ranges = EDGE_CASES[case]
+    _compare(B, N, C, H, W, torch.float32, seed=N + C, **ranges)
+
+
+@pytest.mark.parametrize("case", range(len(HARDEST)))
+def test_tolerances_admit_fp32_arithmetic(case):
+    """CPU: the fp32 reference (the same formulas in fp32, summed in another order)
+    passes the kernel's fp32 bounds on the hardest cases with a 2x margin: the bounds are
+    not tighter than correct fp32 arithmetic."""
+    B, N, C, H, W, ranges = HARDEST[case]
+    errors = _errors(B, N, C, H, W, torch.float32, seed=N + C, backend="reference", **ranges)
+    forward_tol, grad_tol = tolerances(torch.float32, H, W, **ranges)
+    assert errors["forward"] < forward_tol / 2, errors
+    for name in NAMES:
+        assert errors[name] < grad_tol / 2, (name, errors)
+
+
+@gpu
+def test_no_gaussians_gives_zeros_and_empty_gradients():
+    for device in ("cuda", "cpu"):
+        inputs = [t.requires_grad_() for t in _inputs(2, 0, 5, torch.float32, 0, device)]
+        out = splat(*inputs, height=7, width=9)
+        assert out.shape == (2, 5, 7, 9) and out.abs().max() == 0
+        grads = torch.autograd.grad(out, inputs, torch.ones_like(out))
+        assert [tuple(g.shape) for g in grads] == [(2, 0, 2), (2, 0, 2), (2, 0), (2, 0, 5),
+                                                   (2, 0)]
+
+
+@gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(("C", "B", "H", "W", "N"), [(8, 7, 32, 32, 256), (3, 1, 31, 16, 64),
-                                                    (256, 1, 16, 16, 64)])
+                                                    (256, 1, 16, 16, 64), (40, 2, 20, 36, 128)])
 def test_kernel_matches_reference_half(dtype, C, B, H, W, N):
     _compare(B, N, C, H, W, dtype, seed=C + N)
 
 
+@gpu
 @pytest.mark.parametrize("N", [255, 256, 257, 512])
 def test_last_gaussian_of_a_tile_gets_its_gradient(N):
     """All Gaussians inside one 16x16 tile: the last of each shared-memory batch and of
@@ -116,6 +203,7 @@ def test_last_gaussian_of_a_tile_gets_its_gradient(N):
             torch.testing.assert_close(g[0, idx].double(), r[0, idx], rtol=1e-4, atol=1e-5)
 
 
+@gpu
 def test_forward_and_backward_are_deterministic():
     inputs = [t.requires_grad_() for t in _inputs(4, 300, 8, torch.float32, seed=1)]
     grad_out = torch.randn(4, 8, 32, 32, device="cuda")
@@ -128,6 +216,7 @@ def test_forward_and_backward_are_deterministic():
         assert all(torch.equal(a, b) for a, b in zip(grads, runs[0][1], strict=True))
 
 
+@gpu
 def test_auto_backend_picks_kernel_and_float64_stays_exact():
     inputs64 = [t.double() for t in _inputs(2, 16, 3, torch.float32, seed=5)]
     out64 = splat(*inputs64, height=9, width=9)  # float64 on CUDA -> reference, exact
