@@ -1,17 +1,23 @@
 // CUDA kernels of the splat op. Semantics and notation: kernels/__init__.py and
 // kernels/reference.py (the reference's docstring derives every gradient used here).
 //
-// Forward: one block per (16x16 pixel tile, image, chunk of CC channels); the whole
-// batch in one launch. Gaussians stream through shared memory 256 at a time; each
-// batch is culled against the tile with a conservative bounding box of the ellipse
-// {q <= cutoff} and compacted in index order, so every pixel sums its Gaussians in
-// index order: the forward is deterministic, and the exact q <= cutoff test per pixel
-// makes the result independent of the tile layout.
+// Forward: one block per (TILE x TILE pixel tile, image, chunk of CC channels); the
+// whole batch in one launch. TILE is 16, or 8 where 8 keeps more threads busy (a 16x16
+// tile over an 8x8 map leaves 75% of them idle; 24x24 maps: 44%).
+// Gaussians stream through shared memory TILE^2 at a time; each batch is culled
+// against the tile with a conservative bounding box of the ellipse {q <= cutoff} and
+// compacted in index order, so every pixel sums its Gaussians in index order: the
+// forward is deterministic, and the exact q <= cutoff test per pixel makes the result
+// independent of the tile layout.
 //
-// Backward: one warp per Gaussian (b, i), also the whole batch in one launch. The warp
-// walks the pixels of the Gaussian's bounding box and reduces in registers and warp
-// shuffles, so no atomics are used (deterministic as well) and no [B, H*W, N] tensor
-// exists. Every Gaussian, including the last of any tile, owns its own reduction.
+// Backward: one warp per Gaussian (b, i), also the whole batch in one launch. The lanes
+// stride over the pixels of the Gaussian's bounding box; at each pixel a lane reads
+// grad_out for a chunk of CC channels (coalesced: neighbouring lanes read neighbouring
+// pixels), adds w * grad_out into its own CC feature-gradient accumulators and the
+// chunk's share of <grad_out, feature> into the geometry sums (which are linear in it).
+// One warp reduction per channel and per geometry sum ends it. No atomics (deterministic)
+// and no [B, H*W, N] tensor; every Gaussian, including the last of any tile, owns its
+// own reduction.
 // c10 headers only: ATen/cuda/CUDAContext.h would pull in cuSPARSE/cuBLAS headers that a
 // minimal CUDA toolkit does not ship, and the kernels need nothing but the stream.
 #include <c10/cuda/CUDAException.h>
@@ -20,13 +26,15 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <type_traits>
+
 #include "splat.h"
 
 namespace {
 
-constexpr int kTile = 16;                    // forward tile side in pixels
-constexpr int kBlock = kTile * kTile;        // threads per block (both kernels)
+constexpr int kBlock = 256;                  // backward: threads per block
 constexpr int kWarps = kBlock / 32;          // backward: Gaussians per block
+constexpr int kMaxChunk = 32;                // channels per pass (registers per lane)
 constexpr unsigned kFullMask = 0xffffffffu;
 
 // One Gaussian in pixel space, with everything the per-pixel weight needs.
@@ -105,30 +113,31 @@ __device__ __forceinline__ float warp_sum(float v) {
 // ---------------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------------
-template <typename scalar_t, int CC>
-__global__ void __launch_bounds__(kBlock)
+template <typename scalar_t, int CC, int TILE>
+__global__ void __launch_bounds__(TILE * TILE)
     splat_forward_kernel(const float* __restrict__ means, const float* __restrict__ scales,
                          const float* __restrict__ rotations,
                          const scalar_t* __restrict__ features,
                          const scalar_t* __restrict__ opacity, scalar_t* __restrict__ out,
                          int N, int C, int H, int W, float cutoff, int tiles_x) {
-  __shared__ Gauss s_gauss[kBlock];
-  __shared__ float s_feat[kBlock][CC];
-  __shared__ int s_warp_count[kWarps];
+  constexpr int BLOCK = TILE * TILE, WARPS = BLOCK / 32;
+  __shared__ Gauss s_gauss[BLOCK];
+  __shared__ float s_feat[BLOCK][CC];
+  __shared__ int s_warp_count[WARPS];
 
   const int b = blockIdx.y;
   const int c0 = blockIdx.z * CC;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int tx0 = (blockIdx.x % tiles_x) * kTile, ty0 = (blockIdx.x / tiles_x) * kTile;
-  const int tx1 = min(tx0 + kTile, W) - 1, ty1 = min(ty0 + kTile, H) - 1;
-  const int x = tx0 + tid % kTile, y = ty0 + tid / kTile;
+  const int tx0 = (blockIdx.x % tiles_x) * TILE, ty0 = (blockIdx.x / tiles_x) * TILE;
+  const int tx1 = min(tx0 + TILE, W) - 1, ty1 = min(ty0 + TILE, H) - 1;
+  const int x = tx0 + tid % TILE, y = ty0 + tid / TILE;
   const bool inside = x < W && y < H;
 
   float acc[CC];
 #pragma unroll
   for (int k = 0; k < CC; ++k) acc[k] = 0.f;
 
-  for (int start = 0; start < N; start += kBlock) {
+  for (int start = 0; start < N; start += BLOCK) {
     // 1. Each thread loads one Gaussian and tests its box against this tile.
     const int i = start + tid;
     const int64_t gi = static_cast<int64_t>(b) * N + i;
@@ -145,7 +154,7 @@ __global__ void __launch_bounds__(kBlock)
     __syncthreads();
     int offset = 0, total = 0;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
+    for (int w = 0; w < WARPS; ++w) {
       const int count = s_warp_count[w];
       offset += w < warp ? count : 0;
       total += count;
@@ -185,7 +194,7 @@ __global__ void __launch_bounds__(kBlock)
 // ---------------------------------------------------------------------------------
 // Backward
 // ---------------------------------------------------------------------------------
-template <typename scalar_t>
+template <typename scalar_t, int CC>
 __global__ void __launch_bounds__(kBlock)
     splat_backward_kernel(const scalar_t* __restrict__ grad_out,
                           const float* __restrict__ means, const float* __restrict__ scales,
@@ -211,26 +220,48 @@ __global__ void __launch_bounds__(kBlock)
   const scalar_t* f = features + gi * C;
   const scalar_t* go = grad_out + static_cast<int64_t>(b) * C * hw;
 
-  // Geometry and opacity: lanes stride over the box's pixels.
-  // sums: S_a, S_b, S_aa, S_bb, S_ab (each of G_q times a frame term) and sum g h.
+  // sums: S_a, S_b, S_aa, S_bb, S_ab (each of G_q times a frame term) and sum g h, with
+  // h = <grad_out[b, :, p], features[b, i, :]> summed chunk by chunk (the sums are
+  // linear in h).
   float s_a = 0.f, s_b = 0.f, s_aa = 0.f, s_bb = 0.f, s_ab = 0.f, s_o = 0.f;
-  for (int k = lane; k < npix; k += 32) {
-    const int px = box.x0 + k % bw, py = box.y0 + k / bw;
-    float a, bb;
-    const float q = gauss_frame(g, px, py, a, bb);
-    if (q <= cutoff) {
-      const float gw = expf(-0.5f * q);
-      const scalar_t* gp = go + static_cast<int64_t>(py) * W + px;
-      float h = 0.f;  // <grad_out[b, :, p], features[b, i, :]>
-      for (int c = 0; c < C; ++c) h += to_float(gp[c * hw]) * to_float(f[c]);
-      const float gh = gw * h;
-      const float gq = -0.5f * g.opacity * gh;
-      s_o += gh;
-      s_a += gq * a;
-      s_b += gq * bb;
-      s_aa += gq * a * a;
-      s_bb += gq * bb * bb;
-      s_ab += gq * a * bb;
+  for (int c0 = 0; c0 < C; c0 += CC) {
+    float feat[CC], acc[CC];  // this chunk's features; this lane's share of their grads
+#pragma unroll
+    for (int k = 0; k < CC; ++k) {
+      feat[k] = c0 + k < C ? to_float(f[c0 + k]) : 0.f;
+      acc[k] = 0.f;
+    }
+    for (int k = lane; k < npix; k += 32) {
+      const int px = box.x0 + k % bw, py = box.y0 + k / bw;
+      float a, bb;
+      const float q = gauss_frame(g, px, py, a, bb);
+      if (q <= cutoff) {
+        const float gw = expf(-0.5f * q);
+        const float w = g.opacity * gw;
+        const scalar_t* gp = go + (static_cast<int64_t>(c0) * H + py) * W + px;
+        float h = 0.f;
+#pragma unroll
+        for (int c = 0; c < CC; ++c) {
+          if (c0 + c < C) {
+            const float v = to_float(gp[c * hw]);
+            h += v * feat[c];
+            acc[c] += w * v;
+          }
+        }
+        const float gh = gw * h;
+        const float gq = -0.5f * g.opacity * gh;
+        s_o += gh;
+        s_a += gq * a;
+        s_b += gq * bb;
+        s_aa += gq * a * a;
+        s_bb += gq * bb * bb;
+        s_ab += gq * a * bb;
+      }
+    }
+#pragma unroll
+    for (int c = 0; c < CC; ++c) {
+      const float total = warp_sum(acc[c]);  // complete in lane 0
+      if (lane == 0 && c0 + c < C) grad_features[gi * C + c0 + c] = static_cast<scalar_t>(total);
     }
   }
   s_a = warp_sum(s_a);
@@ -248,46 +279,42 @@ __global__ void __launch_bounds__(kBlock)
     grad_rotations[gi] = 2.f * s_ab * (sy * g.inv_sx - sx * g.inv_sy);
     grad_opacity[gi] = static_cast<scalar_t>(s_o);
   }
-
-  // Features: lanes own channels; the warp walks the box 32 pixels at a time, each
-  // lane computing one pixel's weight, then broadcasting the non-zero ones in order.
-  for (int c0 = 0; c0 < C; c0 += 32) {
-    const int c = c0 + lane;
-    float acc = 0.f;
-    for (int k0 = 0; k0 < npix; k0 += 32) {
-      const int k = k0 + lane;
-      float w = 0.f;
-      int pixel = 0;
-      if (k < npix) {
-        const int px = box.x0 + k % bw, py = box.y0 + k / bw;
-        w = gauss_weight(g, px, py, cutoff);
-        pixel = py * W + px;
-      }
-      unsigned todo = __ballot_sync(kFullMask, w != 0.f);  // same on every lane
-      while (todo) {
-        const int j = __ffs(todo) - 1;
-        todo &= todo - 1u;
-        const float wj = __shfl_sync(kFullMask, w, j);
-        const int pj = __shfl_sync(kFullMask, pixel, j);
-        if (c < C) acc += wj * to_float(go[c * hw + pj]);
-      }
-    }
-    if (c < C) grad_features[gi * C + c] = static_cast<scalar_t>(acc);
-  }
 }
 
-template <typename scalar_t, int CC>
-void forward_with_chunk(const at::Tensor& means, const at::Tensor& scales,
-                        const at::Tensor& rotations, const at::Tensor& features,
-                        const at::Tensor& opacity, at::Tensor& out, float cutoff) {
+// Calls body(std::integral_constant<int, CC>) with the smallest power-of-two channel
+// chunk covering C, at most kMaxChunk (larger C: several chunks).
+template <typename Body>
+void with_channel_chunk(int C, Body&& body) {
+  if (C <= 1) body(std::integral_constant<int, 1>{});
+  else if (C <= 2) body(std::integral_constant<int, 2>{});
+  else if (C <= 4) body(std::integral_constant<int, 4>{});
+  else if (C <= 8) body(std::integral_constant<int, 8>{});
+  else if (C <= 16) body(std::integral_constant<int, 16>{});
+  else body(std::integral_constant<int, kMaxChunk>{});
+}
+
+// Forward tile side: 8 where it leaves fewer threads idle than 16 (a side of 8 or less).
+inline int forward_tile(int H, int W) {
+  auto busy = [&](int t) {
+    const double tiles = double((H + t - 1) / t) * ((W + t - 1) / t);
+    return double(H) * W / (tiles * t * t);
+  };
+  return busy(8) > busy(16) ? 8 : 16;
+}
+
+template <typename scalar_t, int CC, int TILE>
+void forward_with(const at::Tensor& means, const at::Tensor& scales,
+                  const at::Tensor& rotations, const at::Tensor& features,
+                  const at::Tensor& opacity, at::Tensor& out, float cutoff) {
   const int B = features.size(0), N = features.size(1), C = features.size(2);
   const int H = out.size(2), W = out.size(3);
-  const int tiles_x = (W + kTile - 1) / kTile, tiles_y = (H + kTile - 1) / kTile;
+  const int tiles_x = (W + TILE - 1) / TILE, tiles_y = (H + TILE - 1) / TILE;
   const dim3 grid(tiles_x * tiles_y, B, (C + CC - 1) / CC);
-  splat_forward_kernel<scalar_t, CC><<<grid, kBlock, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      means.data_ptr<float>(), scales.data_ptr<float>(), rotations.data_ptr<float>(),
-      features.data_ptr<scalar_t>(), opacity.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-      N, C, H, W, cutoff, tiles_x);
+  splat_forward_kernel<scalar_t, CC, TILE>
+      <<<grid, TILE * TILE, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          means.data_ptr<float>(), scales.data_ptr<float>(), rotations.data_ptr<float>(),
+          features.data_ptr<scalar_t>(), opacity.data_ptr<scalar_t>(),
+          out.data_ptr<scalar_t>(), N, C, H, W, cutoff, tiles_x);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -309,14 +336,17 @@ void launch_splat_forward(const at::Tensor& means, const at::Tensor& scales,
   const c10::cuda::CUDAGuard guard(features.device());
   const int C = features.size(2);
   const float cut = static_cast<float>(cutoff);
+  const int H = out.size(2), W = out.size(3);
+  const bool small_tile = forward_tile(H, W) == 8;
   SPLAT_DISPATCH(features.scalar_type(), [&] {
-    // The smallest channel chunk that covers C, at most 32 (larger C: several chunks).
-    if (C <= 1) forward_with_chunk<scalar_t, 1>(means, scales, rotations, features, opacity, out, cut);
-    else if (C <= 2) forward_with_chunk<scalar_t, 2>(means, scales, rotations, features, opacity, out, cut);
-    else if (C <= 4) forward_with_chunk<scalar_t, 4>(means, scales, rotations, features, opacity, out, cut);
-    else if (C <= 8) forward_with_chunk<scalar_t, 8>(means, scales, rotations, features, opacity, out, cut);
-    else if (C <= 16) forward_with_chunk<scalar_t, 16>(means, scales, rotations, features, opacity, out, cut);
-    else forward_with_chunk<scalar_t, 32>(means, scales, rotations, features, opacity, out, cut);
+    with_channel_chunk(C, [&](auto chunk) {
+      constexpr int CC = decltype(chunk)::value;
+      if (small_tile) {
+        forward_with<scalar_t, CC, 8>(means, scales, rotations, features, opacity, out, cut);
+      } else {
+        forward_with<scalar_t, CC, 16>(means, scales, rotations, features, opacity, out, cut);
+      }
+    });
   });
 }
 
@@ -332,13 +362,17 @@ void launch_splat_backward(const at::Tensor& grad_out, const at::Tensor& means,
   const int H = grad_out.size(2), W = grad_out.size(3);
   const dim3 grid((N + kWarps - 1) / kWarps, B);
   SPLAT_DISPATCH(features.scalar_type(), [&] {
-    splat_backward_kernel<scalar_t><<<grid, kBlock, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        grad_out.data_ptr<scalar_t>(), means.data_ptr<float>(), scales.data_ptr<float>(),
-        rotations.data_ptr<float>(), features.data_ptr<scalar_t>(),
-        opacity.data_ptr<scalar_t>(), grad_means.data_ptr<float>(),
-        grad_scales.data_ptr<float>(), grad_rotations.data_ptr<float>(),
-        grad_features.data_ptr<scalar_t>(), grad_opacity.data_ptr<scalar_t>(), N, C, H, W,
-        static_cast<float>(cutoff));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    with_channel_chunk(C, [&](auto chunk) {
+      constexpr int CC = decltype(chunk)::value;
+      splat_backward_kernel<scalar_t, CC>
+          <<<grid, kBlock, 0, c10::cuda::getCurrentCUDAStream()>>>(
+              grad_out.data_ptr<scalar_t>(), means.data_ptr<float>(),
+              scales.data_ptr<float>(), rotations.data_ptr<float>(),
+              features.data_ptr<scalar_t>(), opacity.data_ptr<scalar_t>(),
+              grad_means.data_ptr<float>(), grad_scales.data_ptr<float>(),
+              grad_rotations.data_ptr<float>(), grad_features.data_ptr<scalar_t>(),
+              grad_opacity.data_ptr<scalar_t>(), N, C, H, W, static_cast<float>(cutoff));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
 }
