@@ -105,6 +105,42 @@ def _xformers_attention():
     return xops
 
 
+ATTENTION = ("auto", "sdpa", "xformers")
+
+
+def xformers_runs(device, dtype=torch.bfloat16) -> bool:
+    """Whether xformers' memory-efficient attention imports and runs, causal, on device
+    (CUDA only; a wheel built for another torch or GPU imports but fails here)."""
+    if torch.device(device).type != "cuda":
+        return False
+    xops = _xformers_attention()
+    if xops is None:
+        return False
+    try:
+        q = torch.zeros(1, 8, 2, 64, device=device, dtype=dtype)  # [B, L, H, Dh]
+        xops.memory_efficient_attention(q, q, q, attn_bias=xops.LowerTriangularMask())
+    except Exception:  # no kernel for this GPU, dtype or build
+        return False
+    return True
+
+
+def use_attention(model: nn.Module, backend: str, device) -> str:
+    """Set every attention layer's training/prefill kernel: "sdpa", "xformers" (a
+    ValueError where it does not run) or "auto" (xformers where it runs on CUDA, else
+    SDPA). Returns the one chosen. Cached decoding always uses SDPA with its mask."""
+    if backend not in ATTENTION:
+        raise ValueError(f"attention must be one of {ATTENTION}, got {backend!r}")
+    runs = backend != "sdpa" and xformers_runs(device)
+    if backend == "xformers" and not runs:
+        raise ValueError(f"attention = 'xformers': xformers' memory-efficient attention does "
+                         f"not import or run on {device}")
+    chosen = "xformers" if runs else "sdpa"
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.use_xformers = chosen == "xformers"
+    return chosen
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()

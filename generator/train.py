@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from generator.config import SIZES, GPTConfig, gpt_config
-from generator.model import GPT
+from generator.model import ATTENTION, GPT, use_attention
 from launch import config as configlib
 from launch.runtime import (
     load_checkpoint,
@@ -41,7 +41,7 @@ SCHEDULES = ("cosine", "constant")
 # what a resumed run may change; anything else would silently make another run (data.tokens
 # may move: the tokenizer fingerprint and the GPT config are checked separately)
 RESUMABLE_CHANGES = frozenset({"steps", "log_every", "ckpt_every", "out", "max_bad_steps",
-                               "data.tokens"})
+                               "data.tokens", "compile", "attention"})
 
 
 @dataclass
@@ -111,10 +111,17 @@ class RunConfig:
     ema_decay: float = 0.9999  # 0 disables the EMA copy
     seed: int = 0  # model init; data order; rank r's dropout/label-drop draws use seed + r
     max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
+    compile: bool = False  # torch.compile the GPT's loss (first steps pay the compilation)
+    # "auto": xformers' memory-efficient attention where it runs on CUDA, else PyTorch's
+    # scaled_dot_product_attention; "sdpa" or "xformers" to choose
+    attention: str = "auto"
 
     def __post_init__(self):
         if self.size not in SIZES:
             raise ValueError(f"size must be one of {list(SIZES)}, got {self.size!r}")
+        if self.attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {list(ATTENTION)}, got "
+                             f"{self.attention!r}")
         configlib.require_at_least(self, 1, "steps", "log_every", "ckpt_every",
                                    "max_bad_steps")
 
@@ -128,13 +135,15 @@ class LossModule(torch.nn.Module):
     last step's per-component losses and accuracies stay in ``last`` ([2, K], detached,
     on the device) for logging without a device sync."""
 
-    def __init__(self, gpt: GPT):
+    def __init__(self, gpt: GPT, compile: bool = False):
         super().__init__()
         self.gpt = gpt
         self.last = None
+        # compiling the bound method keeps the parameter names (no "_orig_mod." prefix)
+        self._losses = torch.compile(gpt.losses) if compile else gpt.losses
 
     def forward(self, labels, tokens):
-        ce, acc = self.gpt.losses(labels, tokens)
+        ce, acc = self._losses(labels, tokens)
         self.last = torch.stack([ce.detach(), acc])
         return ce.sum()
 
@@ -210,7 +219,9 @@ class Trainer:
             "steps_per_print": 10**12,
             "wall_clock_breakdown": False,
         }
-        self.loss_module = LossModule(self.gpt)
+        self.attention = use_attention(self.gpt, cfg.attention,
+                                       f"cuda:{torch.cuda.current_device()}" if cuda else "cpu")
+        self.loss_module = LossModule(self.gpt, compile=cfg.compile)
         self.engine, _, _, self.schedule = deepspeed.initialize(
             model=self.loss_module, optimizer=optimizer, lr_scheduler=schedule,
             config=ds_config)
@@ -465,9 +476,13 @@ def main(argv=None) -> int:
                         help="override a config value, e.g. --set optim.lr=2e-4 (repeatable)")
     parser.add_argument("--out", help="output folder (overrides the config's 'out')")
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the GPT's loss (= --set compile=true; the first "
+                             "steps pay the compilation)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    overrides = args.set + ([f"out={args.out}"] if args.out else [])
+    overrides = args.set + ([f"out={args.out}"] if args.out else []) + \
+        (["compile=true"] if args.compile else [])
     try:
         trainer = Trainer(resolve_config(args.config, overrides), progress=not args.quiet)
         trainer.run()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from generator.config import gpt_config
-from generator.model import GPT, apply_rope, rope_angles
+from generator.model import GPT, apply_rope, rope_angles, use_attention, xformers_runs
 from generator.sampling import filter_logits, generate, guidance_scale
 
 VOCABS = [16, 12, 20]
@@ -150,3 +150,34 @@ def test_llamagen_sizes():
         assert n == pytest.approx(params, rel=0.01)
     assert math.isclose(gpt_config("3B", vocab_sizes=[8], num_tokens=256,
                                    num_classes=10).dim / 32, 100)
+
+
+def test_attention_choice_on_the_cpu():
+    model = _model()
+    assert use_attention(model, "auto", "cpu") == "sdpa"
+    assert not any(b.attn.use_xformers for b in model.blocks)
+    with pytest.raises(ValueError, match="does not import or run on cpu"):
+        use_attention(model, "xformers", "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_xformers_attention_matches_sdpa_on_cuda(dtype):
+    """Teacher-forced logits and the gradients through xformers' memory-efficient
+    attention against SDPA's, same weights (the test is skipped where xformers does not
+    run on this GPU: the trainer then falls back to SDPA)."""
+    if not xformers_runs("cuda", dtype):
+        pytest.skip("xformers does not import or run on this GPU")
+    model = _model(dtype=torch.float32).cuda().to(dtype)
+    labels, tokens = torch.tensor([0, 3, 5]).cuda(), _tokens(model).cuda()
+    results = {}
+    for backend in ("sdpa", "xformers"):
+        model.zero_grad()
+        assert use_attention(model, backend, "cuda") == backend
+        loss = model.loss(labels, tokens)
+        loss.backward()
+        results[backend] = (loss.detach().float(), model.blocks[0].attn.qkv.weight.grad.float())
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(results["xformers"][0], results["sdpa"][0], rtol=tol, atol=tol)
+    torch.testing.assert_close(results["xformers"][1], results["sdpa"][1], rtol=tol,
+                               atol=tol * results["sdpa"][1].abs().max().item())

@@ -174,3 +174,27 @@ def test_resume_refuses_other_settings_and_foreign_folders_and_says_it_read_pick
                                          r"\(global_step10, latest\)"):
         other.run()
     assert sorted(p.name for p in foreign.iterdir()) == ["global_step10", "latest"]
+
+
+def test_compiled_loss_trains_like_eager(tmp_path, tokens):
+    """compile = true (torch.compile of the loss, inductor on the CPU): the same losses
+    as eager step after step (no random draws: dropout and label drop off), parameter
+    names unchanged (checkpoints stay interchangeable), SDPA chosen on the CPU."""
+    sets = dict(steps=4, optim__lr=3e-3, model__class_dropout=0.0)
+    runs = {}
+    for compiled in (False, True):
+        trainer = Trainer(_cfg(tmp_path, tokens, f"c{compiled}", compile=compiled, **sets),
+                          progress=False)
+        assert trainer.attention == "sdpa"
+        batches, losses = trainer.batches(), []
+        for _ in range(4):
+            labels, toks = next(batches)
+            loss = trainer.engine(labels, toks)
+            trainer.engine.backward(loss)
+            trainer.engine.step()
+            losses.append(float(loss))
+        runs[compiled] = (losses, sorted(n for n, _ in trainer.engine.module.named_parameters()))
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-4)
+    assert runs[True][1] == runs[False][1]
+    with pytest.raises(ValueError, match="attention must be one of"):
+        _cfg(tmp_path, tokens, "bad", attention="flash")
