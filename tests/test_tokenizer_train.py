@@ -125,3 +125,19 @@ def test_resume_refuses_other_settings_but_takes_more_steps(tmp_path, digits):
                 progress=False).resume()
     longer = Trainer(_cfg(tmp_path, digits, "r", steps=3), progress=False)
     assert longer.resume() and longer.step_num == 2
+
+
+def test_compiled_training_steps_like_eager(tmp_path, digits):
+    """compile = true: the compiled tokenizer (inductor, CPU) takes the same steps as the
+    eager one (L1 losses within float rounding) and checkpoints keep their keys; the logs
+    stay on the device until read."""
+    runs = {}
+    for compiled in (False, True):
+        trainer = Trainer(_cfg(tmp_path, digits, f"c{compiled}", steps=3, compile=compiled),
+                          progress=False)
+        batches = trainer.batches()
+        logs = [trainer.step(next(batches)[0]) for _ in range(3)]
+        assert all(torch.is_tensor(v) for v in logs[0].values() if not isinstance(v, float))
+        runs[compiled] = ([float(x["loss/l1"]) for x in logs], list(trainer.state()["model"]))
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-4)
+    assert runs[True][1] == runs[False][1]

@@ -54,6 +54,8 @@ def main(argv=None) -> int:
                     start = time.perf_counter()
                     for _ in range(args.steps):
                         trainers[name].step(batches[name])
+                    if trainers[name].device.type == "cuda":  # step() returns before the GPU
+                        torch.cuda.synchronize()           # is done with it
                     seconds = time.perf_counter() - start
                     rates[name].append(args.steps * len(batches[name]) / seconds)
     except (configlib.ConfigError, ValueError) as err:

@@ -244,9 +244,16 @@ class GaussianTokenizer(nn.Module):
         return self.render(geo, self.quantizer.codes(tokens[..., 2]))
 
 
-def code_usage(counts: torch.Tensor) -> tuple[float, float]:
-    """(fraction of codes used, perplexity) from code counts."""
+def code_usage_tensors(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fraction of codes used, perplexity) from code counts, as 0-dim tensors on the
+    counts' device (no sync)."""
     p = counts / counts.sum().clamp_min(1)
     perplexity = torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
-    return (counts > 0).float().mean().item(), perplexity.item()
+    return (counts > 0).float().mean(), perplexity
+
+
+def code_usage(counts: torch.Tensor) -> tuple[float, float]:
+    """(fraction of codes used, perplexity) from code counts."""
+    usage, perplexity = code_usage_tensors(counts)
+    return usage.item(), perplexity.item()
 

@@ -38,7 +38,7 @@ from launch.runtime import (
     warmup_cosine,
 )
 from tokenizer.config import REGISTRY, TokenizerConfig, registry_config
-from tokenizer.gaussian import code_usage
+from tokenizer.gaussian import code_usage_tensors
 from tokenizer.losses import LeCAM, PatchDiscriminator, hinge_d_loss, hinge_g_loss
 from tokenizer.registry import build_tokenizer
 
@@ -97,6 +97,7 @@ class RunConfig:
     # the quantised geometry (the tokens). 0: quantised from the start; = steps: the
     # continuous-geometry ceiling (not a discrete tokenizer).
     continuous_steps: int = 0
+    compile: bool = False  # torch.compile the tokenizer and the discriminator for training
 
     def __post_init__(self):
         if self.size not in REGISTRY:
@@ -133,7 +134,7 @@ class NonFiniteLoss(RuntimeError):
 
 # what a resumed run may change (data.shards may move); anything else makes another run
 RESUMABLE_CHANGES = frozenset({"steps", "log_every", "image_every", "ckpt_every", "out",
-                               "max_bad_steps", "data.shards"})
+                               "max_bad_steps", "data.shards", "compile"})
 
 
 def check_data(cfg: RunConfig) -> None:
@@ -180,6 +181,9 @@ class Trainer:
             self._wrap_distributed()
         else:
             self.train_model, self.train_disc = self.model, self.disc
+        if cfg.compile:  # wrappers only: self.model and self.disc keep their state keys
+            self.train_model = torch.compile(self.train_model)
+            self.train_disc = torch.compile(self.train_disc)
         self.model.train()
 
     def _wrap_distributed(self):
@@ -249,6 +253,9 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def step(self, images: torch.Tensor) -> dict:
+        """One generator (and discriminator) update on images [B, 3, S, S]; returns its
+        logs, losses as detached 0-dim tensors on the device (float() them to read), or
+        {"skipped": 1.0} for a non-finite loss."""
         cfg, lc = self.cfg, self.cfg.loss
         lr_scale = warmup_cosine(self.step_num, cfg.optim.warmup_steps, cfg.steps,
                                  cfg.optim.min_lr_ratio)
@@ -295,11 +302,13 @@ class Trainer:
             self.opt_d.step()
             logs["loss/d"] = d_loss
         ema_update(self.ema, self.model, cfg.ema_decay)
-        usage, perplexity = code_usage(aux["code_counts"])
+        usage, perplexity = code_usage_tensors(aux["code_counts"])
         logs.update({"loss/total": loss, "codebook/usage": usage,
-                     "codebook/perplexity": perplexity, "lr": cfg.optim.lr * lr_scale})
+                     "codebook/perplexity": perplexity})
         self.step_num += 1
-        return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in logs.items()}
+        # on the device: the finiteness test above is the step's only host sync
+        return {**{k: v.detach().float() for k, v in logs.items()},
+                "lr": cfg.optim.lr * lr_scale}
 
     # ---- the loop ---------------------------------------------------------------------
     def _log(self, logs: dict, images: torch.Tensor) -> None:
@@ -326,14 +335,21 @@ class Trainer:
                    disable=not self.progress, unit="step")
         if resumed and self.progress:
             bar.write(f"resumed from {self.last_checkpoint} at step {self.step_num}")
-        logs = {}
+        logs, sums, count = {}, {}, 0
         batches = self.batches()
         end = self.cfg.steps if stop_after is None else min(self.cfg.steps, stop_after)
         while self.step_num < end:
             images, _ = next(batches)
-            logs = self.step(images)
+            step_logs = self.step(images)
             bar.update(1)
-            if self.step_num % self.cfg.log_every == 0 or self.step_num == self.cfg.steps:
+            if "skipped" not in step_logs:  # summed on the device, read once per interval
+                lr = step_logs.pop("lr")
+                sums = {k: sums.get(k, 0) + v for k, v in step_logs.items()}
+                count += 1
+            if count and (self.step_num % self.cfg.log_every == 0
+                          or self.step_num == self.cfg.steps):
+                logs = {**{k: float(v) / count for k, v in sums.items()}, "lr": lr}  # means
+                sums, count = {}, 0
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items()
                                  if k in ("loss/l1", "loss/lpips", "codebook/usage")})
                 self._log(logs, images)
@@ -363,9 +379,13 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
     parser.add_argument("--out", help="output folder (overrides the config's 'out')")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the tokenizer and discriminator (= --set "
+                             "compile=true; the first steps pay the compilation)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    overrides = args.set + ([f"out={args.out}"] if args.out else [])
+    overrides = args.set + ([f"out={args.out}"] if args.out else []) + \
+        (["compile=true"] if args.compile else [])
     try:
         cfg = resolve_config(args.config, overrides, args.size)
         check_data(cfg)  # before any model is built or file written
