@@ -390,8 +390,12 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def flops_per_token(cfg: GPTConfig) -> float:
-    """Training FLOPs per token: 6 x parameters in matmuls + attention (12 L d N)."""
+    """Training FLOPs per tuple: 6 x the multiply-adds of every matmul a tuple goes
+    through (attention projections, FFN, each component's output layer, the tuple heads'
+    SwiGLU for components 1.., the factorised position's row and column scores) + the
+    attention scores and values (12 L d N: forward 4 L d N, backward twice that)."""
     per_layer = 4 * cfg.dim * cfg.dim + 3 * cfg.dim * cfg.ffn_hidden
-    dense = cfg.layers * per_layer + cfg.dim * sum(cfg.vocab_sizes)
-    return 6 * dense + 12 * cfg.layers * cfg.dim * cfg.num_tokens
-
+    heads = cfg.dim * sum(cfg.vocab_sizes) + 3 * cfg.dim * cfg.dim * (len(cfg.vocab_sizes) - 1)
+    if factorised_position(cfg):
+        heads += cfg.dim * 2 * cfg.position_grid
+    return 6 * (cfg.layers * per_layer + heads) + 12 * cfg.layers * cfg.dim * cfg.num_tokens

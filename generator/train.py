@@ -398,6 +398,25 @@ class Trainer:
         for n, p in self.gpt.named_parameters():
             self.ema[n].lerp_(p.detach().float(), 1 - self.cfg.ema_decay)
 
+    def micro_step(self, labels: torch.Tensor, tokens: torch.Tensor) -> bool:
+        """One micro-batch (labels [B], tokens [B, N, K] on the device): forward,
+        backward, and DeepSpeed's step (an optimizer step every grad_accum calls).
+        False (nothing done) for a non-finite loss; NonFiniteLoss after max_bad_steps
+        in a row. The finiteness test is its one host sync."""
+        loss = self.engine(labels, tokens)
+        if not self._finite(loss):
+            self.bad_steps += 1
+            self.skipped_steps += 1
+            if self.bad_steps >= self.cfg.max_bad_steps:
+                raise NonFiniteLoss(f"{self.bad_steps} consecutive non-finite losses at "
+                                    f"step {self.step_num}; lower optim.lr or check the "
+                                    "data (nothing exported)")
+            return False
+        self.bad_steps = 0
+        self.engine.backward(loss)
+        self.engine.step()
+        return True
+
     def run(self, stop_after: int | None = None) -> dict:
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -420,19 +439,8 @@ class Trainer:
         self.engine.train()
         while self.step_num < end:
             before = self.step_num
-            labels, tokens = next(batches)
-            loss = self.engine(labels, tokens)
-            if not self._finite(loss):
-                self.bad_steps += 1
-                self.skipped_steps += 1
-                if self.bad_steps >= self.cfg.max_bad_steps:
-                    raise NonFiniteLoss(f"{self.bad_steps} consecutive non-finite losses at "
-                                        f"step {self.step_num}; lower optim.lr or check the "
-                                        "data (nothing exported)")
+            if not self.micro_step(*next(batches)):
                 continue  # no backward, no step: this micro-batch is dropped
-            self.bad_steps = 0
-            self.engine.backward(loss)
-            self.engine.step()
             last = self.loss_module.last  # [2, K]: losses and accuracies, on the device
             sums, count = (last if sums is None else sums + last), count + 1
             if self.step_num == before:

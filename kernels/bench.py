@@ -41,6 +41,7 @@ CONFIGS = [
     Config("cifar", 256, 64, 3, 16, 16),
     Config("wide-c", 64, 256, 256, 16, 16),
     Config("large", 16, 1024, 16, 64, 64),
+    Config("small-map", 256, 16, 8, 8, 8),  # 8 px forward tiles (gaussian-debug maps)
 ]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -181,3 +181,28 @@ def test_xformers_attention_matches_sdpa_on_cuda(dtype):
     torch.testing.assert_close(results["xformers"][0], results["sdpa"][0], rtol=tol, atol=tol)
     torch.testing.assert_close(results["xformers"][1], results["sdpa"][1], rtol=tol,
                                atol=tol * results["sdpa"][1].abs().max().item())
+
+
+def test_flops_per_token_counts_every_matmul_of_the_tuple_model():
+    """6 x the multiply-adds of every nn.Linear a tuple passes through (counted by hooks
+    in a forward pass) + the attention term 12 L d N."""
+    from generator.config import gpt_config
+    from generator.model import flops_per_token
+
+    cfg = gpt_config("debug", vocab_sizes=[64, 12, 20], num_tokens=16, num_classes=5,
+                     component_names=["position", "shape", "code"], position_component=0,
+                     position_grid=8)
+    model = GPT(cfg)
+    macs = []
+
+    def count(mod, args, out):
+        macs.append(args[0].numel() // args[0].shape[-1] * mod.in_features * mod.out_features)
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            m.register_forward_hook(count)
+    B, N = 2, cfg.num_tokens
+    tokens = torch.stack([torch.randint(0, v, (B, N)) for v in cfg.vocab_sizes], -1)
+    model(torch.tensor([0, 1]), tokens)
+    expected = 6 * sum(macs) / (B * N) + 12 * cfg.layers * cfg.dim * N
+    assert flops_per_token(cfg) == pytest.approx(expected, rel=1e-12)

@@ -129,6 +129,8 @@ EDGE_CASES = {
     "sub-pixel scales 0.05-0.2": (2, 500, 4, 32, 32, {"scale_range": (0.05, 0.2)}),
     "large scales 6-40": (2, 64, 4, 48, 40, {"scale_range": (6.0, 40.0)}),
     "means far off the map (+-3)": (2, 400, 4, 32, 32, {"mean_range": 3.0}),
+    "8x8 map (8 px forward tiles)": (4, 100, 8, 8, 8, {}),
+    "6x40 map (8 px forward tiles), C=20": (2, 120, 20, 6, 40, {}),
 }
 HARDEST = [(7, 1000, 8, 64, 64, {}), (2, 500, 4, 64, 64, {"scale_range": (0.05, 0.2)}),
            *EDGE_CASES.values()]
