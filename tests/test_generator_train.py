@@ -150,7 +150,7 @@ def test_resume_refuses_other_settings_and_foreign_folders_and_says_it_read_pick
     changed = Trainer(_cfg(tmp_path, tokens, "s", **{**sets, "optim__lr": 2e-4}),
                       progress=False)
     with pytest.raises(ValueError, match=r"other settings: optim\.lr: 0\.0001 -> 0\.0002\. "
-                                         r"Only ckpt_every, data\.tokens, log_every"):
+                                         r"Only attention, ckpt_every, compile, data\.tokens"):
         changed.resume()
     # a checkpoint written before a field existed counts it as its default
     tag = json.loads((tmp_path / "s" / "checkpoints" / "last.json").read_text())["tag"]
