@@ -1,12 +1,17 @@
-"""Tokenizer training throughput of each model of a comparison, in one process.
+"""Tokenizer training throughput and peak memory, one process, variants in turn.
 
     python -m tokenizer.bench --config launch/configs/compare-mnist.toml [--steps 40]
+    python -m tokenizer.bench --size gaussian-imagenet,vq-imagenet --batch 32 \
+        [--set loss.gan_start=0] [--set compile=true]
 
-Each variant's full training step (forward, losses, backward, optimiser, EMA, codebook
-update) on a fixed random batch of the variant's batch size, after warm-up steps;
-variants are timed in turn, ``--repeats`` rounds interleaved so that a slow spell of the
-machine hits them all, and the median round is reported with the ratio to the first
-variant. Data loading is not included (the comparison's own ``train img/s`` includes it).
+Variants: a comparison's (``--config``), or registry sizes (``--size``, each with
+tokenizer.train's defaults, ``--batch`` and ``--set`` overrides). Each variant's full
+training step (forward, losses, backward, optimiser, EMA, codebook update; LPIPS when
+loss.lpips > 0; the discriminator once loss.gan_start is reached) on a fixed random batch,
+after warm-up steps; variants are timed in turn, ``--repeats`` rounds interleaved so that
+a slow spell of the machine hits them all, and the median round is reported with the
+ratio to the first variant. Peak memory: CUDA's peak allocation over the warm-up steps.
+Data loading is not included (the comparison's own ``train img/s`` includes it).
 """
 
 import argparse
@@ -25,29 +30,63 @@ from tokenizer.compare import CompareConfig, run_config
 from tokenizer.train import Trainer
 
 
+def variant_configs(args, tmp: str) -> dict:
+    """name -> tokenizer.train RunConfig, from --config (a comparison) or --size."""
+    from tokenizer.train import resolve_config
+
+    if args.config:
+        cfg = configlib.load(CompareConfig, args.config)
+        names = args.only.split(",") if args.only else list(cfg.variants)
+        unknown = [n for n in names if n not in cfg.variants]
+        if unknown:
+            raise configlib.ConfigError(f"--only: {unknown[0]!r} is not a variant of "
+                                        f"{args.config} ({', '.join(cfg.variants)})")
+        configs = {n: run_config(cfg, n, 0, tmp) for n in names}
+    else:
+        configs = {size: resolve_config(None, [*args.set, *(
+            [f"data.batch_size={args.batch}"] if args.batch else [])], size)
+            for size in args.size.split(",")}
+    for name, rc in configs.items():
+        rc.out = str(Path(tmp) / name)
+    return configs
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tokenizer.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, required=True, help="comparison TOML")
-    parser.add_argument("--only", help="comma-separated variants (default: all)")
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per round")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path, help="comparison TOML (its variants)")
+    source.add_argument("--size", help="comma-separated registry sizes, e.g. gaussian-imagenet")
+    parser.add_argument("--only", help="with --config: comma-separated variants (default: all)")
+    parser.add_argument("--batch", type=configlib.positive_int,
+                        help="with --size: batch size (default: the size's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --size: override a tokenizer.train config key (repeatable)")
+    parser.add_argument("--steps", type=configlib.positive_int, default=30,
+                        help="timed steps per round")
+    parser.add_argument("--warmup", type=configlib.positive_int, default=5,
+                        help="untimed steps first")
+    parser.add_argument("--repeats", type=configlib.positive_int, default=3,
+                        help="interleaved rounds")
     args = parser.parse_args(argv)
+    peaks = {}
     try:
-        cfg = configlib.load(CompareConfig, args.config)
-        names = args.only.split(",") if args.only else list(cfg.variants)
         trainers, batches = {}, {}
         with tempfile.TemporaryDirectory() as tmp:
-            for name in names:
-                rc = run_config(cfg, name, 0, tmp)
-                rc.out = str(Path(tmp) / name)
-                trainers[name] = Trainer(rc, info=Dist(), lpips=None, progress=False)
+            for name, rc in variant_configs(args, tmp).items():
+                trainers[name] = Trainer(rc, info=Dist(), progress=False)
+                cuda = trainers[name].device.type == "cuda"
                 size = rc.tokenizer.image_size
                 gen = torch.Generator().manual_seed(0)
-                batches[name] = torch.rand(rc.data.batch_size, 3, size, size, generator=gen) * 2 - 1
+                batches[name] = (torch.rand(rc.data.batch_size, 3, size, size, generator=gen)
+                                 * 2 - 1).to(trainers[name].device)
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
                 for _ in range(args.warmup):
                     trainers[name].step(batches[name])
+                peaks[name] = (f"{torch.cuda.max_memory_allocated() / 2**30:.2f}" if cuda
+                               else "n/a")
+            names = list(trainers)
             rates = {name: [] for name in names}
             for _ in range(args.repeats):
                 for name in names:
@@ -62,13 +101,15 @@ def main(argv=None) -> int:
         print(f"tokenizer.bench: {err}", file=sys.stderr)
         return 2
     base = statistics.median(rates[names[0]])
+    device = trainers[names[0]].device
+    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}")
     print(f"| variant | parameters | batch | train images/s (median of {args.repeats}) | "
-          f"vs {names[0]} |")
-    print("|---|---|---|---|---|")
+          f"vs {names[0]} | peak GiB |")
+    print("|---|---|---|---|---|---|")
     for name in names:
         rate = statistics.median(rates[name])
         print(f"| {name} | {count_parameters(trainers[name].model):,} | {len(batches[name])} | "
-              f"{rate:.0f} | {rate / base:.2f}x |")
+              f"{rate:.1f} | {rate / base:.2f}x | {peaks[name]} |")
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.steps} steps x {args.repeats} rounds per variant, L1 + commitment as configured")
     return 0
