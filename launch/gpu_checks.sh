@@ -6,6 +6,10 @@
 # Carry .whl (bash launch/gpu_wheels.sh, here) for what the GPU image lacks (DeepSpeed,
 # LPIPS, ...). The tables go into BENCHMARKS.md with device, date and command.
 set -uo pipefail
+case "${1:-}" in
+    tests|bench) ;;
+    *) echo "usage: bash launch/gpu_checks.sh tests|bench" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-checks}
 mkdir -p "$out"
@@ -34,7 +38,4 @@ case "${1:-}" in
         run eval-bench python3 -m eval.bench
         run tokenizer-bench python3 -m tokenizer.bench --size gaussian-imagenet,vq-imagenet \
             --batch 32 --steps 10 --warmup 3 --set loss.gan_start=0 ;;
-    *)
-        echo "usage: bash launch/gpu_checks.sh tests|bench" >&2
-        exit 2 ;;
 esac
