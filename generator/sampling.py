@@ -97,9 +97,16 @@ def decode_step(model, compile: bool = False):
 
     if not compile:
         return step
-    cuda = next(model.parameters()).is_cuda
-    return torch.compile(step, fullgraph=True, dynamic=False,
-                         mode="reduce-overhead" if cuda else None)
+    if not next(model.parameters()).is_cuda:
+        return torch.compile(step, fullgraph=True, dynamic=False)
+    graphed = torch.compile(step, fullgraph=True, dynamic=False, mode="reduce-overhead")
+
+    def graphed_step(x, position, places):
+        # each call is a new step: the previous h (read before this call) may be reused
+        torch.compiler.cudagraph_mark_step_begin()
+        return graphed(x, position, places)
+
+    return graphed_step
 
 
 @torch.no_grad()
