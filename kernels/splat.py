@@ -1,38 +1,82 @@
-"""The public, autograd-aware splat op: CUDA kernel for CUDA tensors, reference otherwise."""
+"""The public, autograd-aware splat op: CUDA kernel for CUDA tensors, reference otherwise.
+
+The kernel is reached through two PyTorch custom ops, ``gtgen::splat_forward`` and
+``gtgen::splat_backward`` (with fake implementations for shapes and the autograd rule
+joining them), so ``torch.compile`` keeps a model that splats in one graph instead of
+breaking at an opaque autograd.Function. The ops also run on the CPU, through the
+reference's own forward and backward, so their registration is tested without a GPU.
+"""
 
 from typing import Literal
 
 import torch
+from torch import Tensor
 
 from kernels import DEFAULT_CUTOFF
-from kernels.reference import splat_reference
+from kernels.reference import DEFAULT_CHUNK_ELEMENTS, splat_reference
+from kernels.reference import _backward as reference_backward
+from kernels.reference import _forward as reference_forward
 from kernels.validate import check_splat_args
 
 Backend = Literal["auto", "cuda", "reference"]
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-class _CudaSplat(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, means, scales, rotations, features, opacity, height, width, cutoff):
+@torch.library.custom_op("gtgen::splat_forward", mutates_args=())
+def splat_forward(means: Tensor, scales: Tensor, rotations: Tensor, features: Tensor,
+                  opacity: Tensor, height: int, width: int, cutoff: float) -> Tensor:
+    """[B, C, height, width] in features' dtype; geometry fp32, all contiguous."""
+    if features.is_cuda:
         from kernels.build import load_extension
 
-        ext = load_extension()
-        ctx.save_for_backward(means, scales, rotations, features, opacity)
-        ctx.cutoff = cutoff
-        return ext.forward(means, scales, rotations, features, opacity, height, width, cutoff)
+        return load_extension().forward(means, scales, rotations, features, opacity, height,
+                                        width, cutoff)
+    return reference_forward(means, scales, rotations, features, opacity, height, width,
+                             cutoff, DEFAULT_CHUNK_ELEMENTS)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
+
+@splat_forward.register_fake
+def _(means, scales, rotations, features, opacity, height, width, cutoff):
+    return features.new_empty(features.shape[0], features.shape[2], height, width)
+
+
+@torch.library.custom_op("gtgen::splat_backward", mutates_args=())
+def splat_backward(grad_out: Tensor, means: Tensor, scales: Tensor, rotations: Tensor,
+                   features: Tensor, opacity: Tensor,
+                   cutoff: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (means, scales, rotations, features, opacity) for grad_out [B, C, H, W]
+    in features' dtype; each in its input's dtype."""
+    inputs = (means, scales, rotations, features, opacity)
+    if features.is_cuda:
         from kernels.build import load_extension
 
-        means, scales, rotations, features, opacity = ctx.saved_tensors
-        grad_out = grad_out.to(features.dtype).contiguous()
-        grads = load_extension().backward(grad_out, means, scales, rotations, features, opacity,
-                                          ctx.cutoff)
-        grads = [g if need else None for g, need in zip(grads, ctx.needs_input_grad, strict=False)]
-        return (*grads, None, None, None)
+        return tuple(load_extension().backward(grad_out, *inputs, cutoff))
+    height, width = grad_out.shape[-2:]
+    grads = reference_backward(grad_out, *inputs, height, width, cutoff,
+                               DEFAULT_CHUNK_ELEMENTS)
+    return tuple(g.to(x.dtype) for g, x in zip(grads, inputs, strict=True))
+
+
+@splat_backward.register_fake
+def _(grad_out, means, scales, rotations, features, opacity, cutoff):
+    return tuple(torch.empty_like(t) for t in (means, scales, rotations, features, opacity))
+
+
+def _setup_context(ctx, inputs, output):
+    means, scales, rotations, features, opacity, _, _, cutoff = inputs
+    ctx.save_for_backward(means, scales, rotations, features, opacity)
+    ctx.cutoff = cutoff
+
+
+def _backward(ctx, grad_out):
+    means, scales, rotations, features, opacity = ctx.saved_tensors
+    grads = splat_backward(grad_out.to(features.dtype).contiguous(), means, scales, rotations,
+                           features, opacity, ctx.cutoff)
+    grads = [g if need else None for g, need in zip(grads, ctx.needs_input_grad, strict=False)]
+    return (*grads, None, None, None)
+
+
+splat_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _choose_backend(backend: Backend, features: torch.Tensor) -> str:
@@ -84,7 +128,7 @@ def splat(
                                height=height, width=width, cutoff=cutoff)
     if opacity is None:
         opacity = torch.ones(features.shape[:2], dtype=features.dtype, device=features.device)
-    return _CudaSplat.apply(
+    return splat_forward(
         means.float().contiguous(),
         scales.float().contiguous(),
         rotations.float().contiguous(),
