@@ -142,3 +142,22 @@ def test_cuda_graph_decoding_matches_eager_and_is_seeded(dtype):
         runs = [generate(model, labels, cfg_scale=2.0, compile=compiled,
                          generator=torch.Generator("cuda").manual_seed(5)) for _ in range(2)]
         assert runs[0].is_cuda and torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rope", ["spatial", "1d"])
+def test_cuda_sampling_never_waits_for_the_device(rope):
+    """Eager cached sampling with guidance, filters and the order constraint makes no
+    host-device synchronisation (CUDA's sync debug mode turns one into an error)."""
+    from tests.test_generator_tuples import _model as tuple_model
+
+    model = (tuple_model(rope) if rope == "spatial" else _model(rope="1d")).cuda()
+    labels = torch.tensor([0, 1, 2], device="cuda")
+    gen = torch.Generator("cuda").manual_seed(0)
+    generate(model, labels, cfg_scale=2.0, top_k=5, top_p=0.9, generator=gen)  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        generate(model, labels, cfg_scale=2.0, top_k=5, top_p=0.9, generator=gen)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
