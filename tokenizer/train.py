@@ -348,7 +348,8 @@ class Trainer:
                 count += 1
             if count and (self.step_num % self.cfg.log_every == 0
                           or self.step_num == self.cfg.steps):
-                logs = {**{k: float(v) / count for k, v in sums.items()}, "lr": lr}  # means
+                means = (torch.stack(list(sums.values())) / count).tolist()  # one sync
+                logs = {**dict(zip(sums, means, strict=True)), "lr": lr}
                 sums, count = {}, 0
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items()
                                  if k in ("loss/l1", "loss/lpips", "codebook/usage")})
