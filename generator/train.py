@@ -122,6 +122,12 @@ class RunConfig:
         if self.attention not in ATTENTION:
             raise ValueError(f"attention must be one of {list(ATTENTION)}, got "
                              f"{self.attention!r}")
+        if self.compile and self.deepspeed.zero_stage == 3:  # seen on the CPU: dynamo hits
+            # its recompile limit in ZeRO-3's gather hooks and runs eager after all
+            raise ValueError("compile = true does not work with deepspeed.zero_stage = 3 "
+                             "(ZeRO-3's parameter hooks make torch.compile recompile every "
+                             "module until it gives up); use zero_stage <= 2 or compile = "
+                             "false")
         configlib.require_at_least(self, 1, "steps", "log_every", "ckpt_every",
                                    "max_bad_steps")
 

@@ -195,3 +195,5 @@ def test_compiled_loss_trains_like_eager(tmp_path, tokens):
     assert runs[True][1] == runs[False][1]
     with pytest.raises(ValueError, match="attention must be one of"):
         _cfg(tmp_path, tokens, "bad", attention="flash")
+    with pytest.raises(ValueError, match=r"does not work with deepspeed\.zero_stage = 3"):
+        _cfg(tmp_path, tokens, "bad", compile="true", deepspeed__zero_stage=3)
