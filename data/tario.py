@@ -106,6 +106,19 @@ def iter_shard_tolerant(path: Path | str, expected: int | None,
         on_loss(lost, reason)
 
 
+def batched(items: Iterable, n: int) -> Iterator[list]:
+    """Lists of n consecutive items (the last one shorter), e.g. of a shard reader's
+    decoded samples for a model or a writer."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 class TarIndex:
     """Random access to the samples of one tar: member headers are scanned once (the data
     is skipped by seeking), then ``read(i)`` fetches sample i's bytes alone.

@@ -31,7 +31,7 @@ from data.build_shards import FORMAT_TAG as IMAGE_FORMAT
 from data.images import center_crop_array, decode_image
 from data.loader import own_generator
 from data.stream import ShardSetError, ShardStream, read_manifest
-from data.tario import atomic_write_json, iter_shard_tolerant, write_tar_atomic
+from data.tario import atomic_write_json, batched, iter_shard_tolerant, write_tar_atomic
 
 FORMAT_TAG = "gtgen-tokens-v1"
 VIEWS = {"center": 1, "flip": 2, "tencrop": 10}
@@ -58,17 +58,6 @@ def _encode_npy(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
     return buf.getvalue()
-
-
-def _batched(items, n: int):
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _encode_views(encode, views_u8: torch.Tensor) -> np.ndarray:
@@ -137,7 +126,7 @@ def write_token_shards(
 
         decoded = iter_shard_tolerant(image_dir / shard["name"], shard.get("count"), on_loss,
                                       decode)
-        for chunk in _batched(decoded, batch_size):
+        for chunk in batched(decoded, batch_size):
             views_u8 = torch.stack([c[1] for c in chunk])  # [b, A, 3, S, S]
             tokens.extend(_encode_views(encode, views_u8))
             keys.extend(c[0] for c in chunk)

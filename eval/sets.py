@@ -193,13 +193,9 @@ def _shard_samples(s: ImageSet) -> Iterator[tuple[np.ndarray, int]]:
 
 
 def _shard_batches(s: ImageSet, batch_size: int) -> Iterator[np.ndarray]:
-    batch = []
-    for image, _ in _shard_samples(s):
-        batch.append(image)
-        if len(batch) == batch_size:
-            yield np.stack(batch)
-            batch = []
-    if batch:
+    from data.tario import batched
+
+    for batch in batched((image for image, _ in _shard_samples(s)), batch_size):
         yield np.stack(batch)
 
 
