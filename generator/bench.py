@@ -52,9 +52,8 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _timed(fn, device, repeats, warmup=1):
-    for _ in range(warmup):
-        fn()
+def _timed(fn, device, repeats):
+    fn()  # warm-up (and, for a compiled path, the compilation)
     _sync(device)
     times = []
     for _ in range(repeats):
@@ -221,7 +220,6 @@ def sampling_rows(model, batch: int, device) -> list[str]:
             generate(model, labels, cfg_scale=2.0,
                      generator=torch.Generator(device).manual_seed(0), **kwargs)
 
-        # the compiled path's warm-up call pays the compilation
         times[label] = _timed(run, device, 1 if label == "no cache" else 3)
         rows.append(f"| {label} | {batch / times[label]:.2f} | "
                     f"{times['no cache'] / times[label]:.1f}x | {_gib(device)} |")
