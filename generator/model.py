@@ -157,19 +157,18 @@ class Attention(nn.Module):
         self.register_buffer("cache_v", None, persistent=False)
         self.use_xformers = False
 
-    def forward(self, x, cos, sin, start):
-        """x [B, L, D] at input positions start.. (an int, or a 0-dim long tensor while
-        decoding with the cache) -> [B, L, D]."""
+    def forward(self, x, cos, sin, slots=None):
+        """x [B, L, D] -> [B, L, D]; slots: (positions [L], mask [L, max_len]) of the
+        inputs in the decoding cache (:meth:`GPT.cache_slots`), None without a cache."""
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
         p = self.attn_p if self.training else 0.0
         if self.cache_k is not None:  # static cache [B, H, max_len, Dh]: every step reads
             # all of it, positions after the newest masked, so shapes never change
-            positions = decode_positions(start, L, x.device)  # [L]
+            positions, mask = slots
             self.cache_k.index_copy_(2, positions, k.to(self.cache_k.dtype))
             self.cache_v.index_copy_(2, positions, v.to(self.cache_v.dtype))
-            mask = torch.arange(self.cache_k.shape[2], device=x.device) <= positions[:, None]
             y = F.scaled_dot_product_attention(q, self.cache_k, self.cache_v, attn_mask=mask,
                                                dropout_p=p)
             return self.drop(self.out(y.transpose(1, 2).reshape(B, L, D)))
@@ -201,8 +200,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn = SwiGLU(cfg.dim, cfg.ffn_hidden, cfg.dropout)
 
-    def forward(self, x, cos, sin, start):
-        x = x + self.attn(self.attn_norm(x), cos, sin, start)
+    def forward(self, x, cos, sin, slots=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, slots)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -328,10 +327,20 @@ class GPT(nn.Module):
         """Final hidden states [B, L, D] of inputs x [B, L, D] at positions start..;
         places [B, L]: their position tokens (rope "spatial" only)."""
         cos, sin = self.rotation(start, x.shape[1], places)
+        slots = self.cache_slots(start, x.shape[1], x.device)
         x = self.drop(x)
         for block in self.blocks:
-            x = block(x, cos, sin, start)
+            x = block(x, cos, sin, slots)
         return self.norm(x)
+
+    def cache_slots(self, start, length: int, device):
+        """(positions [L], mask [L, max_len]: True up to each position) of inputs at
+        start.. in the decoding cache, computed once per step for every layer; None
+        without a cache."""
+        if self.blocks[0].attn.cache_k is None:
+            return None
+        positions = decode_positions(start, length, device)
+        return positions, torch.arange(self.cfg.num_tokens, device=device) <= positions[:, None]
 
     def forward(self, labels: torch.Tensor, tokens: torch.Tensor) -> list[torch.Tensor]:
         """Teacher-forced logits: labels [B], tokens [B, N, K] -> K tensors [B, N, V_k]."""
