@@ -1,17 +1,21 @@
-"""Lazy, cached build of the CUDA splat extension.
+"""Lazy, cached builds of the splat extensions: the CUDA kernel, and the same kernel's
+source compiled for the CPU under an emulation of CUDA's execution model.
 
-Importing ``kernels`` never compiles anything: :func:`load_extension` builds on first
-call (minutes, once) into ``build/`` of this checkout ($GTGEN_BUILD_DIR moves it) and
-reuses the result, rebuilding only when a source changes.
+Importing ``kernels`` never compiles anything: :func:`load_extension` (CUDA) and
+:func:`load_emulated` (CPU, g++ only: no CUDA toolkit, no GPU) build on first call
+(minutes, once) into ``build/`` of this checkout ($GTGEN_BUILD_DIR moves it) and reuse
+the result, rebuilding only when a source changes.
 
-``python -m kernels.build`` compiles ahead of time (CI uses it to prove the source
-compiles on a machine without a GPU).
+``python -m kernels.build`` compiles ahead of time (CI uses it to prove the CUDA source
+compiles on a machine without a GPU); ``--emulated`` builds the CPU emulation instead.
 """
 
 import argparse
 import functools
+import hashlib
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,6 +23,11 @@ from pathlib import Path
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = [CSRC / "splat.cpp", CSRC / "splat_kernel.cu"]
 EXTENSION_NAME = "gtgen_splat"
+EMULATED_SOURCES = [CSRC / "splat_emulated.cpp"]
+EMULATED_NAME = "gtgen_splat_emulated"
+HEADERS = sorted(CSRC.glob("*.h")) + sorted(CSRC.glob("*.cuh"))
+"""Included by the sources; torch's build cache does not see them, so their content is
+part of the build folder's name (a changed header means a rebuild)."""
 BUILD_ROOT = Path(os.environ.get("GTGEN_BUILD_DIR", Path(__file__).resolve().parents[1] / "build"))
 """Per-checkout build cache (git-ignored); $GTGEN_BUILD_DIR moves it."""
 DEFAULT_ARCHS = "8.0;9.0"
@@ -78,9 +87,7 @@ def load_extension(verbose: bool = False):
     cpp_extension.CUDA_HOME = str(cuda_home)  # in case it was imported earlier
     if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
-    build_dir = BUILD_ROOT / f"{EXTENSION_NAME}-torch{torch.__version__}"
-    build_dir.mkdir(parents=True, exist_ok=True)
-    _clear_stale_lock(build_dir / "lock")
+    build_dir = _build_dir(EXTENSION_NAME, torch.__version__)
     return cpp_extension.load(
         name=EXTENSION_NAME,
         sources=[str(s) for s in SOURCES],
@@ -89,6 +96,37 @@ def load_extension(verbose: bool = False):
         build_directory=str(build_dir),
         verbose=verbose,
     )
+
+
+@functools.cache
+def load_emulated(verbose: bool = False):
+    """Build (first call, about a minute) or load the CPU emulation of the CUDA kernels:
+    the kernels' own source compiled by the host C++ compiler against
+    ``csrc/emulate.h``; returns the Python module (forward, backward, configure,
+    settings)."""
+    import torch
+    from torch.utils import cpp_extension
+
+    build_dir = _build_dir(EMULATED_NAME, torch.__version__)
+    try:
+        return cpp_extension.load(
+            name=EMULATED_NAME,
+            sources=[str(s) for s in EMULATED_SOURCES],
+            extra_cflags=["-O2", "-Wno-unknown-pragmas"],  # the kernels' #pragma unroll
+            build_directory=str(build_dir),
+            verbose=verbose,
+        )
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as err:
+        raise BuildError(f"the CPU emulation of the splat kernel did not build ({err}); it "
+                         "needs a C++20 compiler (g++ >= 10) and ninja") from err
+
+
+def _build_dir(name: str, torch_version: str) -> Path:
+    digest = hashlib.sha1(b"".join(h.read_bytes() for h in HEADERS)).hexdigest()[:10]
+    build_dir = BUILD_ROOT / f"{name}-torch{torch_version}-{digest}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    _clear_stale_lock(build_dir / "lock")
+    return build_dir
 
 
 def _clear_stale_lock(lock: Path, max_age_s: float = 3600) -> None:
@@ -102,18 +140,21 @@ def _clear_stale_lock(lock: Path, max_age_s: float = 3600) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m kernels.build",
-        description="Compile the CUDA splat extension now instead of at first use.",
+        description="Compile the CUDA splat extension (or with --emulated its CPU emulation) "
+                    "now instead of at first use.",
     )
     parser.add_argument("--arch", default=None,
                         help="TORCH_CUDA_ARCH_LIST to compile for, e.g. '9.0' "
                              f"(default: the visible GPU, or '{DEFAULT_ARCHS}' without one)")
+    parser.add_argument("--emulated", action="store_true",
+                        help="build the CPU emulation of the kernel (g++ only) instead")
     parser.add_argument("--verbose", action="store_true", help="show the compiler's commands")
     args = parser.parse_args(argv)
     if args.arch:
         os.environ["TORCH_CUDA_ARCH_LIST"] = args.arch
     start = time.perf_counter()
     try:
-        module = load_extension(verbose=args.verbose)
+        module = (load_emulated if args.emulated else load_extension)(verbose=args.verbose)
     except BuildError as err:
         print(f"kernels.build: {err}", file=sys.stderr)
         return 1

@@ -1,4 +1,12 @@
-"""The CUDA splat kernel against the float64 reference (marked `gpu`: skipped without CUDA).
+"""The splat kernel against the float64 reference, on two backends: one set of cases.
+
+* ``emulated``: the CUDA kernel's own source compiled for the CPU against
+  ``kernels/csrc/emulate.h`` (blocks in a seeded order, a block's threads as fibers,
+  shared memory poisoned and every shared access race-checked): runs in every test run.
+  Its outputs are allocated NaN-filled, so an element the kernel never writes fails the
+  finiteness check. The sweep's batch sizes above 3 run only on CUDA: the batch is
+  grid.y, no other code path, and the float64 reference of B = 256 takes minutes here.
+* ``cuda``: the compiled kernel on a GPU (marked `gpu`: skipped without CUDA).
 
 Tolerances are norm-relative, ||kernel - ref|| / ||ref||, with the reference run in
 float64 on the very same (already rounded) inputs. fp32: the geometry is rounded before
@@ -17,9 +25,9 @@ Pixels whose Mahalanobis^2 lies within 1e-4 (relative) of the cut-off may be kep
 one implementation and dropped by the other after fp32 rounding. Such ambiguous pixels,
 and the Gaussians that touch them, are found by running the reference with the cut-off
 moved by +-1e-4 and are left out of the comparison; everything else must agree.
-Every output tensor is poisoned with NaN before the call (blocks of its exact size are
-filled and freed so the caching allocator hands them out again), so an element the
-kernel never writes fails the finiteness check.
+On CUDA every output tensor is poisoned with NaN before the call (blocks of its exact
+size are filled and freed so the caching allocator hands them out again), so an element
+the kernel never writes fails the finiteness check.
 """
 
 import itertools
@@ -32,6 +40,8 @@ from kernels import DEFAULT_CUTOFF, splat
 from tests.splat_oracle import random_gaussians
 
 gpu = pytest.mark.gpu
+BACKENDS = [pytest.param("emulated"), pytest.param("cuda", marks=gpu)]
+EMULATED_MAX_BATCH = 3
 
 FORWARD_TOL = {torch.float32: 5e-6, torch.bfloat16: 4e-3, torch.float16: 1e-3}
 GRAD_TOL = {torch.float32: 3e-5, torch.bfloat16: 1e-2, torch.float16: 3e-3}
@@ -40,6 +50,12 @@ FP32_PER_RATIO = {"forward": 2e-8, "gradient": 5e-8}
 reference measured 9.9e-6 forward and 1.4e-5 gradients at 64 px over 0.05 px scales
 (ratio 1280), 5.3e-6 and 9.5e-6 at ratio 640, 8.8e-7 and 3.8e-6 at 64 over 0.2."""
 NAMES = ("means", "scales", "rotations", "features", "opacity")
+FP32_REFERENCE_FACTOR = 2.0
+"""A lone Gaussian with a sub-pixel scale (1 Gaussian at 64 px, scale 0.25 px, sweep seed
+546) gives the fp32 reference itself a 4.8e-5 rotation-gradient error (the kernel 4.7e-5),
+over the 3e-5 floor; so every fp32 bound also admits twice the fp32 reference's error on
+the same inputs. Over the emulated sweep and edge cases the kernel's error was at most
+1.05x the fp32 reference's wherever that exceeded a tenth of the floor."""
 
 
 def _poison_allocator(shapes_dtypes) -> None:
@@ -70,18 +86,22 @@ def _reference(inputs, H, W, grad_out, cutoff):
     return out.detach(), torch.autograd.grad(out, leaves, grad_out.double())
 
 
-def _errors(B, N, C, H, W, dtype, seed, backend="cuda", **ranges) -> dict[str, float]:
+def _device(backend: str) -> str:
+    return "cuda" if backend == "cuda" else "cpu"
+
+
+def _errors(B, N, C, H, W, dtype, seed, backend="cuda", with_fp32_reference=False,
+            **ranges) -> dict[str, float] | tuple[dict[str, float], dict[str, float]]:
     """Norm-relative errors of ``backend`` (forward and the five gradients) against the
-    float64 reference, ambiguous pixels left out (see the module docstring)."""
-    device = "cuda" if backend == "cuda" else "cpu"
+    float64 reference, ambiguous pixels left out (see the module docstring); with
+    ``with_fp32_reference`` also those of the fp32 reference on the same inputs."""
+    device = _device(backend)
     inputs = _inputs(B, N, C, dtype, seed, device, **ranges)
-    leaves = [t.detach().requires_grad_() for t in inputs]
     grad_out = torch.randn(B, C, H, W, generator=torch.Generator().manual_seed(seed)) \
         .to(device=device, dtype=dtype)
     if backend == "cuda":
         _poison_allocator([((B, C, H, W), dtype)] + [(t.shape, t.dtype) for t in inputs])
-    out = splat(*leaves, height=H, width=W, backend=backend)
-    grads = torch.autograd.grad(out, leaves, grad_out)
+    out, grads = _run(backend, inputs, H, W, grad_out)
     assert out.dtype == dtype and out.shape == (B, C, H, W)
     assert torch.isfinite(out).all(), "kernel left output elements unwritten (NaN poison)"
     for name, g in zip(NAMES, grads, strict=True):
@@ -92,13 +112,28 @@ def _errors(B, N, C, H, W, dtype, seed, backend="cuda", **ranges) -> dict[str, f
     hi, hi_grads = _reference(inputs, H, W, grad_out, DEFAULT_CUTOFF * (1 + 1e-4))
     pixel_ok = (lo - hi).abs() <= 1e-12 * (1 + ref.abs())
     assert pixel_ok.float().mean() > 0.95, "test inputs are dominated by boundary pixels"
-    errors = {"forward": _rel(out, ref, pixel_ok)}
-    for name, g, r, gl, gh in zip(NAMES, grads, ref_grads, lo_grads, hi_grads, strict=True):
+    grad_ok = []
+    for gl, gh, r in zip(lo_grads, hi_grads, ref_grads, strict=True):
         ok = (gl - gh).abs() <= 1e-9 * (1 + r.abs())
         if ok.dim() == 3:  # a Gaussian is comparable only if all its entries are
             ok = ok.all(dim=-1, keepdim=True).expand_as(ok)
-        errors[name] = _rel(g, r, ok) if r.numel() else 0.0
-    return errors
+        grad_ok.append(ok)
+
+    def measure(out, grads) -> dict[str, float]:
+        errors = {"forward": _rel(out, ref, pixel_ok)}
+        for name, g, r, ok in zip(NAMES, grads, ref_grads, grad_ok, strict=True):
+            errors[name] = _rel(g, r, ok) if r.numel() else 0.0
+        return errors
+
+    if not with_fp32_reference:
+        return measure(out, grads)
+    return measure(out, grads), measure(*_run("reference", inputs, H, W, grad_out))
+
+
+def _run(backend, inputs, H, W, grad_out):
+    leaves = [t.detach().requires_grad_() for t in inputs]
+    out = splat(*leaves, height=H, width=W, backend=backend)
+    return out, torch.autograd.grad(out, leaves, grad_out)
 
 
 def tolerances(dtype, H, W, scale_range=(0.2, 6.0), **_) -> tuple[float, float]:
@@ -111,11 +146,18 @@ def tolerances(dtype, H, W, scale_range=(0.2, 6.0), **_) -> tuple[float, float]:
 
 
 def _compare(B, N, C, H, W, dtype, seed, backend="cuda", **ranges):
-    errors = _errors(B, N, C, H, W, dtype, seed, backend, **ranges)
+    """The kernel's errors under the bounds of :func:`tolerances`; in fp32 each bound also
+    admits FP32_REFERENCE_FACTOR x the fp32 reference's own error on the same inputs
+    (a lone sub-pixel Gaussian has no other Gaussians to average its error over)."""
     forward_tol, grad_tol = tolerances(dtype, H, W, **ranges)
-    assert errors["forward"] < forward_tol, errors
-    for name in NAMES:
-        assert errors[name] < grad_tol, f"gradient of {name}: {errors}"
+    bounds = dict.fromkeys(NAMES, grad_tol) | {"forward": forward_tol}
+    if dtype == torch.float32:
+        errors, fp32 = _errors(B, N, C, H, W, dtype, seed, backend, True, **ranges)
+        bounds = {k: max(v, FP32_REFERENCE_FACTOR * fp32[k]) for k, v in bounds.items()}
+    else:
+        errors = _errors(B, N, C, H, W, dtype, seed, backend, **ranges)
+    for name, bound in bounds.items():
+        assert errors[name] < bound, f"{name}: {errors} (bounds {bounds})"
 
 
 SIZES = list(itertools.product([1, 3, 8, 32, 256], [1, 7], [16, 31, 32, 64], [1, 64, 256, 1000]))
@@ -136,17 +178,20 @@ HARDEST = [(7, 1000, 8, 64, 64, {}), (2, 500, 4, 64, 64, {"scale_range": (0.05, 
            *EDGE_CASES.values()]
 
 
-@gpu
-@pytest.mark.parametrize(("C", "B", "HW", "N"), SIZES)
-def test_kernel_matches_reference_fp32(C, B, HW, N):
-    _compare(B, N, C, HW, HW, torch.float32, seed=C * 7 + B * 13 + HW * 17 + N)
+SWEEP = [pytest.param("cuda", *size, marks=gpu) for size in SIZES] + [
+    pytest.param("emulated", *size) for size in SIZES if size[1] <= EMULATED_MAX_BATCH]
 
 
-@gpu
+@pytest.mark.parametrize(("backend", "C", "B", "HW", "N"), SWEEP)
+def test_kernel_matches_reference_fp32(backend, C, B, HW, N):
+    _compare(B, N, C, HW, HW, torch.float32, seed=C * 7 + B * 13 + HW * 17 + N, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", list(EDGE_CASES))
-def test_kernel_matches_reference_edge_cases(case):
+def test_kernel_matches_reference_edge_cases(case, backend):
     B, N, C, H, W, ranges = EDGE_CASES[case]
-    _compare(B, N, C, H, W, torch.float32, seed=N + C, **ranges)
+    _compare(B, N, C, H, W, torch.float32, seed=N + C, backend=backend, **ranges)
 
 
 @pytest.mark.parametrize("case", range(len(HARDEST)))
@@ -162,41 +207,41 @@ def test_tolerances_admit_fp32_arithmetic(case):
         assert errors[name] < grad_tol / 2, (name, errors)
 
 
-@gpu
-def test_no_gaussians_gives_zeros_and_empty_gradients():
-    for device in ("cuda", "cpu"):
-        inputs = [t.requires_grad_() for t in _inputs(2, 0, 5, torch.float32, 0, device)]
-        out = splat(*inputs, height=7, width=9)
-        assert out.shape == (2, 5, 7, 9) and out.abs().max() == 0
-        grads = torch.autograd.grad(out, inputs, torch.ones_like(out))
-        assert [tuple(g.shape) for g in grads] == [(2, 0, 2), (2, 0, 2), (2, 0), (2, 0, 5),
-                                                   (2, 0)]
+@pytest.mark.parametrize("backend", [*BACKENDS, "reference"])
+def test_no_gaussians_gives_zeros_and_empty_gradients(backend):
+    inputs = [t.requires_grad_()
+              for t in _inputs(2, 0, 5, torch.float32, 0, _device(backend))]
+    out = splat(*inputs, height=7, width=9, backend=backend)
+    assert out.shape == (2, 5, 7, 9) and out.abs().max() == 0
+    grads = torch.autograd.grad(out, inputs, torch.ones_like(out))
+    assert [tuple(g.shape) for g in grads] == [(2, 0, 2), (2, 0, 2), (2, 0), (2, 0, 5), (2, 0)]
 
 
-@gpu
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(("C", "B", "H", "W", "N"), [(8, 7, 32, 32, 256), (3, 1, 31, 16, 64),
                                                     (256, 1, 16, 16, 64), (40, 2, 20, 36, 128)])
-def test_kernel_matches_reference_half(dtype, C, B, H, W, N):
-    _compare(B, N, C, H, W, dtype, seed=C + N)
+def test_kernel_matches_reference_half(dtype, C, B, H, W, N, backend):
+    _compare(B, N, C, H, W, dtype, seed=C + N, backend=backend)
 
 
-@gpu
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("N", [255, 256, 257, 512])
-def test_last_gaussian_of_a_tile_gets_its_gradient(N):
+def test_last_gaussian_of_a_tile_gets_its_gradient(N, backend):
     """All Gaussians inside one 16x16 tile: the last of each shared-memory batch and of
     the tile (the published kernel drops it) must get exactly the reference gradient."""
     gen = torch.Generator().manual_seed(N)
     B, C, H, W = 1, 4, 16, 16
-    means = (torch.rand(B, N, 2, generator=gen) * 1.2 - 0.6).cuda()
-    scales = torch.tensor([1.5, 0.8]).expand(B, N, 2).contiguous().cuda()  # sx != sy
-    rot = torch.zeros(B, N).cuda()
-    feat = torch.randn(B, N, C, generator=gen).cuda()
-    opac = torch.rand(B, N, generator=gen).cuda() * 0.5 + 0.5
-    inputs = [means, scales, rot, feat, opac]
-    grad_out = torch.randn(B, C, H, W, device="cuda")
+    means = torch.rand(B, N, 2, generator=gen) * 1.2 - 0.6
+    scales = torch.tensor([1.5, 0.8]).expand(B, N, 2).contiguous()  # sx != sy
+    rot = torch.zeros(B, N)
+    feat = torch.randn(B, N, C, generator=gen)
+    opac = torch.rand(B, N, generator=gen) * 0.5 + 0.5
+    grad_out = torch.randn(B, C, H, W, generator=gen)
+    inputs = [t.to(_device(backend)) for t in (means, scales, rot, feat, opac)]
+    grad_out = grad_out.to(_device(backend))
     leaves = [t.clone().requires_grad_() for t in inputs]
-    grads = torch.autograd.grad(splat(*leaves, height=H, width=W, backend="cuda"), leaves,
+    grads = torch.autograd.grad(splat(*leaves, height=H, width=W, backend=backend), leaves,
                                 grad_out)
     _, ref_grads = _reference(inputs, H, W, grad_out, DEFAULT_CUTOFF)
     for idx in sorted({N - 1, 255 % N, N // 2}):
@@ -205,13 +250,14 @@ def test_last_gaussian_of_a_tile_gets_its_gradient(N):
             torch.testing.assert_close(g[0, idx].double(), r[0, idx], rtol=1e-4, atol=1e-5)
 
 
-@gpu
-def test_forward_and_backward_are_deterministic():
-    inputs = [t.requires_grad_() for t in _inputs(4, 300, 8, torch.float32, seed=1)]
-    grad_out = torch.randn(4, 8, 32, 32, device="cuda")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_forward_and_backward_are_deterministic(backend):
+    device = _device(backend)
+    inputs = [t.requires_grad_() for t in _inputs(4, 300, 8, torch.float32, 1, device)]
+    grad_out = torch.randn(4, 8, 32, 32, generator=torch.Generator().manual_seed(2)).to(device)
     runs = []
     for _ in range(3):
-        out = splat(*inputs, height=32, width=32, backend="cuda")
+        out = splat(*inputs, height=32, width=32, backend=backend)
         runs.append((out, torch.autograd.grad(out, inputs, grad_out)))
     for out, grads in runs[1:]:
         assert torch.equal(out, runs[0][0])
@@ -226,3 +272,26 @@ def test_auto_backend_picks_kernel_and_float64_stays_exact():
     torch.testing.assert_close(out64.cpu(), ref, rtol=1e-12, atol=1e-12)
     out32 = splat(*(t.float() for t in inputs64), height=9, width=9)
     assert out32.dtype == torch.float32 and out32.is_cuda
+
+
+@pytest.mark.parametrize(("H", "W"), [(32, 32), (8, 8), (20, 36)])
+def test_emulated_order_of_blocks_and_threads_changes_nothing(H, W):
+    """CUDA promises no order of blocks or of a block's threads: under other seeds (other
+    block orders, other resumption orders of the fibers) every output is bit-identical,
+    since each output element has one writer and every sum runs in a fixed order."""
+    from kernels.build import load_emulated
+
+    ext = load_emulated()
+    inputs = [t.requires_grad_() for t in _inputs(2, 300, 8, torch.float32, 3, "cpu")]
+    grad_out = torch.randn(2, 8, H, W, generator=torch.Generator().manual_seed(4))
+    runs = []
+    try:
+        for seed in (0, 1, 12345):
+            ext.configure(seed=seed)
+            out = splat(*inputs, height=H, width=W, backend="emulated")
+            runs.append((out, *torch.autograd.grad(out, inputs, grad_out)))
+    finally:
+        ext.configure()
+    assert ext.settings()["seed"] == 0
+    for run in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(run, runs[0], strict=True))
