@@ -153,7 +153,8 @@ struct Block {
   bool failed = false;
   std::string error;
   std::recursive_mutex mu;  // fail() may be called with it held or not
-  std::condition_variable_any cv;
+  std::condition_variable_any cv;  // __syncthreads
+  std::vector<std::unique_ptr<std::condition_variable_any>> warp_cv;  // warp rounds
   void* scheduler_sp = nullptr;
 #if !defined(__x86_64__)
   ucontext_t scheduler;
@@ -193,7 +194,10 @@ class Guard {
     b.error = msg.str();
     b.failed = true;
   }
-  if (b.threaded) b.cv.notify_all();
+  if (b.threaded) {
+    b.cv.notify_all();
+    for (auto& cv : b.warp_cv) cv->notify_all();
+  }
   throw Abort{};
 }
 
@@ -201,12 +205,13 @@ void yield_to_scheduler(Lane& l);
 
 // Waits (holding guard) until done() or the block failed; a failed block unwinds.
 template <typename Done>
-void wait_for(Block& b, Guard& guard, const char* what, Done done) {
+void wait_for(Block& b, Guard& guard, std::condition_variable_any& cv, const char* what,
+              Done done) {
   Lane& l = lane();
   if (b.threaded) {
     while (!done() && !b.failed) {
       const uint64_t before = b.progress;
-      if (b.cv.wait_for(guard.get(), std::chrono::seconds(60)) == std::cv_status::timeout &&
+      if (cv.wait_for(guard.get(), std::chrono::seconds(60)) == std::cv_status::timeout &&
           b.progress == before && !done() && !b.failed) {
         fail(std::string("deadlock: no thread of the block moved for 60 s; this one waits in ") +
              what);
@@ -239,7 +244,7 @@ inline void syncthreads() {
     if (b.threaded) b.cv.notify_all();
     return;
   }
-  wait_for(b, guard, "__syncthreads", [&] { return b.epoch != epoch; });
+  wait_for(b, guard, b.cv, "__syncthreads", [&] { return b.epoch != epoch; });
 }
 
 // One round of a warp primitive: every lane of the warp contributes value (and param);
@@ -276,9 +281,9 @@ uint32_t warp_round(const char* kind, unsigned mask, uint32_t value, uint32_t pa
     combine(w);
     w.arrived = 0;
     ++w.generation;
-    if (b.threaded) b.cv.notify_all();
+    if (b.threaded) b.warp_cv[l.warp]->notify_all();
   } else {
-    wait_for(b, guard, kind, [&] { return w.generation != generation; });
+    wait_for(b, guard, *b.warp_cv[l.warp], kind, [&] { return w.generation != generation; });
   }
   return w.results[l.lane];
 }
@@ -299,7 +304,6 @@ inline void thread_exit() {
   if (b.warps[l.warp].arrived > 0) {
     fail(std::string("exited while lanes of its warp wait in full-mask ") + b.warps[l.warp].kind);
   }
-  if (b.threaded) b.cv.notify_all();
 }
 
 // ----- shared memory ---------------------------------------------------------------
@@ -607,6 +611,7 @@ inline void run_block_threads(Block& b, std::vector<Lane>& lanes) {
           b.error = std::string("emulated kernel: ") + err.what();
         }
         b.cv.notify_all();
+        for (auto& cv : b.warp_cv) cv->notify_all();
       }
       tls_lane = nullptr;
     });
@@ -651,6 +656,9 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, Args... args) {
   b->threaded = cfg.mode == Mode::threads;
   b->check_shared = cfg.check_shared && !b->threaded;
   b->body = &body;
+  for (unsigned w = 0; w < block.x / kWarpSize; ++w) {
+    b->warp_cv.push_back(std::make_unique<std::condition_variable_any>());
+  }
   std::vector<Lane> lanes(block.x);
   std::unique_ptr<char[]> stacks;
   if (!b->threaded) stacks.reset(new char[kStackBytes * block.x]);
