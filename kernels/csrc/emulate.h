@@ -53,6 +53,17 @@
 #include <ucontext.h>
 #endif
 
+// Under AddressSanitizer the fiber switches are announced to it, so that it knows which
+// stack is current (an exception unwinding a fiber's stack is otherwise misreported).
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define EMU_ASAN_START_SWITCH(save, bottom, size) __sanitizer_start_switch_fiber(save, bottom, size)
+#define EMU_ASAN_FINISH_SWITCH(fake, bottom, size) __sanitizer_finish_switch_fiber(fake, bottom, size)
+#else
+#define EMU_ASAN_START_SWITCH(save, bottom, size) ((void)0)
+#define EMU_ASAN_FINISH_SWITCH(fake, bottom, size) ((void)0)
+#endif
+
 #define __global__
 #define __device__
 #define __host__
@@ -131,6 +142,7 @@ struct Lane {
   const char* waiting = nullptr;
   bool done = false;
   void* sp = nullptr;  // fiber: saved stack pointer
+  void* asan_fake_stack = nullptr;
 #if !defined(__x86_64__)
   ucontext_t context;
 #endif
@@ -156,6 +168,8 @@ struct Block {
   std::condition_variable_any cv;  // __syncthreads
   std::vector<std::unique_ptr<std::condition_variable_any>> warp_cv;  // warp rounds
   void* scheduler_sp = nullptr;
+  const void* scheduler_stack = nullptr;  // its bottom and size, for AddressSanitizer
+  size_t scheduler_stack_size = 0;
 #if !defined(__x86_64__)
   ucontext_t scheduler;
 #endif
@@ -302,7 +316,8 @@ inline void thread_exit() {
          " thread(s) wait in __syncthreads: every thread must reach it");
   }
   if (b.warps[l.warp].arrived > 0) {
-    fail(std::string("exited while lanes of its warp wait in full-mask ") + b.warps[l.warp].kind);
+    fail(std::string("exited while lanes of its warp wait in full-mask ") + b.warps[l.warp].kind +
+         ", which is then reached by fewer than 32 live lanes");
   }
 }
 
@@ -482,6 +497,7 @@ emu_fiber_start:
 
 [[noreturn]] inline void fiber_main(Lane* l) {
   Block& b = *l->block;
+  EMU_ASAN_FINISH_SWITCH(nullptr, &b.scheduler_stack, &b.scheduler_stack_size);
   try {
     if (!b.failed) {
       (*b.body)();
@@ -495,6 +511,7 @@ emu_fiber_start:
     }
   }
   l->done = true;
+  EMU_ASAN_START_SWITCH(nullptr, b.scheduler_stack, b.scheduler_stack_size);  // for good
 #if defined(__x86_64__)
   emu_switch_context(&l->sp, b.scheduler_sp);
 #else
@@ -536,6 +553,8 @@ inline void fiber_init(Lane& l) {
 inline void fiber_resume(Block& b, Lane& l) {
   tls_lane = &l;
   ++stats().switches;
+  [[maybe_unused]] void* fake_stack = nullptr;
+  EMU_ASAN_START_SWITCH(&fake_stack, l.stack, kStackBytes);
 #if defined(__x86_64__)
   emu_switch_context(&b.scheduler_sp, l.sp);
 #else
@@ -545,15 +564,19 @@ inline void fiber_resume(Block& b, Lane& l) {
   }
   swapcontext(&b.scheduler, &l.context);
 #endif
+  EMU_ASAN_FINISH_SWITCH(fake_stack, nullptr, nullptr);
   tls_lane = nullptr;
 }
 
 inline void yield_to_scheduler(Lane& l) {
+  Block& b = *l.block;
+  EMU_ASAN_START_SWITCH(&l.asan_fake_stack, b.scheduler_stack, b.scheduler_stack_size);
 #if defined(__x86_64__)
-  emu_switch_context(&l.sp, l.block->scheduler_sp);
+  emu_switch_context(&l.sp, b.scheduler_sp);
 #else
-  swapcontext(&l.context, &l.block->scheduler);
+  swapcontext(&l.context, &b.scheduler);
 #endif
+  EMU_ASAN_FINISH_SWITCH(l.asan_fake_stack, &b.scheduler_stack, &b.scheduler_stack_size);
 }
 
 inline std::string describe_deadlock(Block& b, const std::vector<Lane>& lanes) {
