@@ -128,3 +128,16 @@ def test_benign_edit_changes_no_result(edit):
     """The culling box's one pixel of slack: these edits must pass (no false alarm)."""
     outcome = check.check("shadow", edit)
     assert outcome.status == 0, outcome.output[-3000:]
+
+
+def test_emulated_backend_refuses_float64():
+    """The kernel takes fp32 / fp16 / bf16 features only; float64 is named, not cast."""
+    import torch
+
+    from kernels import splat
+
+    B, N, C = 1, 3, 2
+    args = (torch.zeros(B, N, 2), torch.ones(B, N, 2), torch.zeros(B, N),
+            torch.zeros(B, N, C, dtype=torch.float64))
+    with pytest.raises(ValueError, match="backend='emulated' needs CPU tensors with float32"):
+        splat(*args, height=4, width=4, backend="emulated")
