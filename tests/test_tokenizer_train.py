@@ -129,8 +129,14 @@ def test_resume_refuses_other_settings_but_takes_more_steps(tmp_path, digits):
 
 def test_compiled_training_steps_like_eager(tmp_path, digits):
     """compile = true: the compiled tokenizer (inductor, CPU) takes the same steps as the
-    eager one (L1 losses within float rounding) and checkpoints keep their keys; the logs
-    stay on the device until read."""
+    eager one and checkpoints keep their keys; the logs stay on the device until read.
+
+    Bounds measured on eager itself with the input batch scaled by 1 +- 2^-23 and
+    1 + 2^-22 (rounding-level changes, as compiling makes): the first two steps' L1 moved
+    by at most 2.5e-7 relative, the third by 1.8e-5 to 2.4e-4 (two optimizer steps
+    amplify rounding chaotically; compiled vs eager was seen at 4.8e-5 and 1.35e-4, which
+    failed the former rel=1e-4). So: steps 1-2 within 1e-5 (40x the measured), step 3
+    within 1e-3 (4x the largest chaotic spread measured)."""
     runs = {}
     for compiled in (False, True):
         trainer = Trainer(_cfg(tmp_path, digits, f"c{compiled}", steps=3, compile=compiled),
@@ -139,5 +145,6 @@ def test_compiled_training_steps_like_eager(tmp_path, digits):
         logs = [trainer.step(next(batches)[0]) for _ in range(3)]
         assert all(torch.is_tensor(v) for v in logs[0].values() if not isinstance(v, float))
         runs[compiled] = ([float(x["loss/l1"]) for x in logs], list(trainer.state()["model"]))
-    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-4)
+    assert runs[True][0][:2] == pytest.approx(runs[False][0][:2], rel=1e-5)
+    assert runs[True][0][2] == pytest.approx(runs[False][0][2], rel=1e-3)
     assert runs[True][1] == runs[False][1]
