@@ -3,10 +3,12 @@
 The standalone driver ``csrc/emulate_check.cpp`` (no torch) runs the kernels of
 ``csrc/splat_device.cuh`` under the emulation of ``csrc/emulate.h`` on exactly sized
 heap buffers and compares forward, feature and opacity gradients with a float64 brute
-force. It is built three ways, one per checker:
+force. It is built four ways:
 
 * ``shadow``: plain build, threads as fibers, every shared-memory access checked against
   its shadow record (uninitialised reads, races between two __syncthreads, bounds);
+* ``ucontext``: the same with the portable fiber switch (ucontext) that machines other
+  than x86-64 use instead of the few lines of assembly;
 * ``asan``: AddressSanitizer, shadow checks off: out-of-bounds global (and stack) access;
 * ``tsan``: ThreadSanitizer with one OS thread per CUDA thread: any pair of accesses of
   two threads not ordered by a barrier (small cases: 256 OS threads a block).
@@ -15,7 +17,7 @@ Each build also fails on a numeric mismatch or an emulation error (misuse, deadl
 ``FAULTS`` are copies of the kernel source with one edit each; every one must be caught.
 ``BENIGN`` edits change no result (the culling box's one pixel of slack); none may be.
 
-    python -m kernels.check            # the kernel as it is, under the three checkers
+    python -m kernels.check            # the kernel as it is, under every checker
     python -m kernels.check --faults   # and the table: which checker catches which fault
 """
 
@@ -48,6 +50,8 @@ TSAN_CASES = ("--case", "1,300,5,16,16,1.1", "--case", "2,40,3,20,20", "--case",
               "1,20,33,12,24")
 CHECKERS = {
     "shadow": Checker(("-O1",), ((),)),
+    # the same with ucontext's fiber switch, which non-x86-64 machines use
+    "ucontext": Checker(("-O1", "-DEMU_UCONTEXT"), ((),)),
     "asan": Checker(("-O1", "-fsanitize=address", "-fno-omit-frame-pointer"),
                     (("--no-shared-check",),)),
     # forward on cases with two Gaussian batches and both tiles; backward on a small one

@@ -108,6 +108,7 @@ CAUGHT = [
     ("tile-bound-short", "shadow", "numeric mismatch", "MISMATCH"),
     ("warp-sum-half", "shadow", "numeric mismatch", "MISMATCH"),
     ("read-before-write", "shadow", "emulation error", "which no thread of this block has"),
+    ("read-before-write", "ucontext", "emulation error", "which no thread of this block has"),
     ("write-out-of-bounds", "asan", "sanitizer report", "heap-buffer-overflow"),
 ]
 

@@ -49,7 +49,12 @@
 #include <type_traits>
 #include <vector>
 
-#if !defined(__x86_64__)
+// Fibers switch with a few lines of x86-64 assembly, elsewhere (or with -DEMU_UCONTEXT)
+// with ucontext, which is slower (a system call per switch).
+#if defined(__x86_64__) && !defined(EMU_UCONTEXT)
+#define EMU_ASM_SWITCH 1
+#else
+#define EMU_ASM_SWITCH 0
 #include <ucontext.h>
 #endif
 
@@ -143,7 +148,7 @@ struct Lane {
   bool done = false;
   void* sp = nullptr;  // fiber: saved stack pointer
   void* asan_fake_stack = nullptr;
-#if !defined(__x86_64__)
+#if !EMU_ASM_SWITCH
   ucontext_t context;
 #endif
   char* stack = nullptr;
@@ -170,7 +175,7 @@ struct Block {
   void* scheduler_sp = nullptr;
   const void* scheduler_stack = nullptr;  // its bottom and size, for AddressSanitizer
   size_t scheduler_stack_size = 0;
-#if !defined(__x86_64__)
+#if !EMU_ASM_SWITCH
   ucontext_t scheduler;
 #endif
   const std::function<void()>* body = nullptr;
@@ -448,7 +453,7 @@ SharedArray<T, N> shared(const char* name) {
 
 // ----- fibers -----------------------------------------------------------------------
 
-#if defined(__x86_64__)
+#if EMU_ASM_SWITCH
 // Saves the callee-saved registers, MXCSR and the x87 control word on the current stack,
 // stores the stack pointer in *save and continues on load (System V ABI).
 extern "C" void emu_switch_context(void** save, void* load);
@@ -512,7 +517,7 @@ emu_fiber_start:
   }
   l->done = true;
   EMU_ASAN_START_SWITCH(nullptr, b.scheduler_stack, b.scheduler_stack_size);  // for good
-#if defined(__x86_64__)
+#if EMU_ASM_SWITCH
   emu_switch_context(&l->sp, b.scheduler_sp);
 #else
   setcontext(&b.scheduler);
@@ -520,13 +525,13 @@ emu_fiber_start:
   __builtin_unreachable();
 }
 
-#if !defined(__x86_64__)
+#if !EMU_ASM_SWITCH
 inline thread_local Lane* tls_starting = nullptr;
 inline void fiber_entry_ucontext() { fiber_main(tls_starting); }
 #endif
 
 inline void fiber_init(Lane& l) {
-#if defined(__x86_64__)
+#if EMU_ASM_SWITCH
   auto top = reinterpret_cast<uintptr_t>(l.stack + kStackBytes) & ~uintptr_t(15);
   auto* frame = reinterpret_cast<unsigned char*>(top - 80);  // 16-aligned; see the asm
   std::memset(frame, 0, 80);
@@ -555,7 +560,7 @@ inline void fiber_resume(Block& b, Lane& l) {
   ++stats().switches;
   [[maybe_unused]] void* fake_stack = nullptr;
   EMU_ASAN_START_SWITCH(&fake_stack, l.stack, kStackBytes);
-#if defined(__x86_64__)
+#if EMU_ASM_SWITCH
   emu_switch_context(&b.scheduler_sp, l.sp);
 #else
   if (l.sp == nullptr) {  // first resumption: start it
@@ -571,7 +576,7 @@ inline void fiber_resume(Block& b, Lane& l) {
 inline void yield_to_scheduler(Lane& l) {
   Block& b = *l.block;
   EMU_ASAN_START_SWITCH(&l.asan_fake_stack, b.scheduler_stack, b.scheduler_stack_size);
-#if defined(__x86_64__)
+#if EMU_ASM_SWITCH
   emu_switch_context(&l.sp, b.scheduler_sp);
 #else
   swapcontext(&l.context, &b.scheduler);
