@@ -12,7 +12,6 @@ compiles on a machine without a GPU); ``--emulated`` builds the CPU emulation in
 
 import argparse
 import functools
-import hashlib
 import os
 import shutil
 import subprocess
@@ -25,9 +24,6 @@ SOURCES = [CSRC / "splat.cpp", CSRC / "splat_kernel.cu"]
 EXTENSION_NAME = "gtgen_splat"
 EMULATED_SOURCES = [CSRC / "splat_emulated.cpp"]
 EMULATED_NAME = "gtgen_splat_emulated"
-HEADERS = sorted(CSRC.glob("*.h")) + sorted(CSRC.glob("*.cuh"))
-"""Included by the sources; torch's build cache does not see them, so their content is
-part of the build folder's name (a changed header means a rebuild)."""
 BUILD_ROOT = Path(os.environ.get("GTGEN_BUILD_DIR", Path(__file__).resolve().parents[1] / "build"))
 """Per-checkout build cache (git-ignored); $GTGEN_BUILD_DIR moves it."""
 DEFAULT_ARCHS = "8.0;9.0"
@@ -122,8 +118,9 @@ def load_emulated(verbose: bool = False):
 
 
 def _build_dir(name: str, torch_version: str) -> Path:
-    digest = hashlib.sha1(b"".join(h.read_bytes() for h in HEADERS)).hexdigest()[:10]
-    build_dir = BUILD_ROOT / f"{name}-torch{torch_version}-{digest}"
+    """The extension's build folder. Headers need no part in its name: the first load in
+    a process always runs ninja, whose depfiles rebuild what a changed header reaches."""
+    build_dir = BUILD_ROOT / f"{name}-torch{torch_version}"
     build_dir.mkdir(parents=True, exist_ok=True)
     _clear_stale_lock(build_dir / "lock")
     return build_dir

@@ -9,7 +9,7 @@ forward and backward (so their registration is tested without a GPU), or with
 execution model (``kernels/csrc/emulate.h``; slow, for testing the kernel).
 """
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -21,7 +21,7 @@ from kernels.reference import _forward as reference_forward
 from kernels.validate import check_splat_args
 
 Backend = Literal["auto", "cuda", "emulated", "reference"]
-BACKENDS = ("auto", "cuda", "emulated", "reference")
+BACKENDS = get_args(Backend)
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -76,10 +76,10 @@ def _(grad_out, means, scales, rotations, features, opacity, cutoff, emulated=Fa
 
 
 def _setup_context(ctx, inputs, output):
-    means, scales, rotations, features, opacity, _, _, cutoff, *emulated = inputs
+    means, scales, rotations, features, opacity, _, _, cutoff, emulated = inputs
     ctx.save_for_backward(means, scales, rotations, features, opacity)
     ctx.cutoff = cutoff
-    ctx.emulated = bool(emulated and emulated[0])
+    ctx.emulated = emulated
 
 
 def _backward(ctx, grad_out):

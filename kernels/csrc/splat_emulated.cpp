@@ -42,11 +42,7 @@ pybind11::dict settings() {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &splat_forward,
-        "splat(means, scales, rotations, features, opacity, height, width, cutoff) -> "
-        "[B, C, H, W], CPU tensors, the CUDA kernel under emulation");
-  m.def("backward", &splat_backward,
-        "gradients (means, scales, rotations, features, opacity) of splat for grad_out");
+  define_splat_ops(m);
   m.def("configure", &configure, pybind11::arg("seed") = 0, pybind11::arg("mode") = "fibers",
         pybind11::arg("check_shared") = true,
         "seed: block order and thread resumption order; mode: 'fibers' (one OS thread) or "

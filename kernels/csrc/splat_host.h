@@ -83,3 +83,11 @@ std::vector<at::Tensor> splat_backward(const at::Tensor& grad_out, const at::Ten
   return {grad_means, grad_scales, grad_rotations, grad_features, grad_opacity};
 }
 
+// The two ops of either module (the CUDA one, gtgen_splat, and the CPU emulation's).
+inline void define_splat_ops(pybind11::module_& m) {
+  m.def("forward", &splat_forward,
+        "splat(means, scales, rotations, features, opacity, height, width, cutoff) -> "
+        "[B, C, H, W]");
+  m.def("backward", &splat_backward,
+        "gradients (means, scales, rotations, features, opacity) of splat for grad_out");
+}
