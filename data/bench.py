@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from data.build_shards import BuildSettings, build_shards
+from data.files import atomic_write_json
 from data.loader import make_image_loader
-from data.tario import atomic_write_json, write_tar_atomic
+from data.tario import write_tar_atomic
 from data.tokens import FORMAT_TAG as TOKENS_FORMAT
 from data.tokens import make_token_loader
 

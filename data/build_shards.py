@@ -28,9 +28,10 @@ import numpy as np
 from tqdm import tqdm
 
 from data import builtin
+from data.files import atomic_write_json
 from data.imagefolder import DatasetError, scan_image_folder
 from data.images import FORMATS, center_crop_adm, encode_image, load_image_file, resize_short_side
-from data.tario import atomic_write_json, write_tar_atomic
+from data.tario import write_tar_atomic
 
 MANIFEST = "manifest.json"
 CLASSES = "classes.json"

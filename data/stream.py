@@ -2,7 +2,6 @@
 
 import json
 import multiprocessing
-import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from data.ranks import env_rank_world
 from data.split import epoch_ranges, resampled_shards, shuffle_buffer
 from data.tario import TarIndex, TarReadError
 
@@ -40,11 +40,6 @@ def read_manifest(folder: Path | str, expected_format: str) -> dict:
         raise ShardSetError(f"{folder} lacks {len(missing)} shards listed in its manifest, "
                             f"e.g. {missing[0]}")
     return manifest
-
-
-def env_rank_world() -> tuple[int, int]:
-    """Rank and world size from the launcher's environment (torchrun, deepspeed), else 0, 1."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 class ShardStream(IterableDataset):

@@ -1,25 +1,10 @@
 """Deterministic, atomic tar writing and tolerant tar reading for shards."""
 
 import io
-import json
 import os
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
 def write_tar_atomic(path: Path, samples: Iterable[dict[str, bytes]]) -> int:

@@ -28,10 +28,11 @@ from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
 from data.build_shards import FORMAT_TAG as IMAGE_FORMAT
+from data.files import atomic_write_json
 from data.images import center_crop_array, decode_image
 from data.loader import own_generator
 from data.stream import ShardSetError, ShardStream, read_manifest
-from data.tario import atomic_write_json, batched, iter_shard_tolerant, write_tar_atomic
+from data.tario import batched, iter_shard_tolerant, write_tar_atomic
 
 FORMAT_TAG = "gtgen-tokens-v1"
 VIEWS = {"center": 1, "flip": 2, "tencrop": 10}

@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.cli import one_line_parser, positive_int, require_parent_dir
 from eval.evaluator import GENERATION_METRICS, GenerationEvaluator, Reference, extract
 from eval.frechet import METHODS
 from eval.inception import ADM_RESIZE, RESIZES, InceptionFeatures
 from eval.leaderboard import comparability_problems
 from eval.sets import ImageSet, ImageSetError, fingerprint, open_set
 from eval.weights import WeightsUnavailable, resolve_inception
-from launch.config import one_line_parser, positive_int, require_parent_dir
 
 CACHE = Path.home() / ".cache" / "gtgen" / "reference"
 # bump when the features change meaning (v2: sFID in ADM's (row, column, channel) order)

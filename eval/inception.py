@@ -55,11 +55,11 @@ def inception_state(weights: ResolvedWeights) -> dict[str, torch.Tensor]:
     the TorchScript file once and cached)."""
     from safetensors.torch import load_file, save
 
-    from data.tario import atomic_write_bytes
+    from data.files import atomic_write_bytes
 
     path = Path(weights.path)
     if path.suffix == ".safetensors":
-        from launch.runtime import load_weights
+        from data.files import load_weights
 
         return load_weights(path)
     cached = CACHE / f"{weights.sha1}.safetensors"

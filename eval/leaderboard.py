@@ -15,9 +15,9 @@ import json
 import sys
 from pathlib import Path
 
+from data.cli import one_line_parser, require_parent_dir
 from eval.inception import ADM_RESIZE
 from eval.weights import is_known_inception
-from launch.config import one_line_parser, require_parent_dir
 
 ADM_REF = "ADM VIRTUAL_imagenet256_labeled.npz"
 ADM_WEIGHTS = "TF inception-2015-12-05 (ADM evaluator)"

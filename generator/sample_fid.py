@@ -31,8 +31,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.tario import atomic_write_bytes
-from eval.weights import file_sha1
+from data.cli import positive_int
+from data.files import atomic_write_bytes, file_sha1
+from data.ranks import init_distributed
 from generator.sample import (
     ORDERS,
     UINT8,
@@ -45,8 +46,6 @@ from generator.sample import (
     sample_images,
     sampling_kwargs,
 )
-from launch.config import positive_int
-from launch.runtime import init_distributed
 
 
 def chunk_labels(k: int, batch: int, num: int, num_classes: int, random: bool, seed: int):

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launch import config as configlib
+from data import config as configlib
 from launch.pipeline import (
     STAGES,
     Pipeline,

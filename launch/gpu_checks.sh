@@ -37,8 +37,8 @@ case "${1:-}" in
             --continue-on-collection-errors "${files[@]}" ;;
     bench)
         run kernels-bench python3 -m kernels.bench
-        run generator-bench python3 -m generator.bench
+        run generator-bench python3 -m launch.bench_gpt
         run eval-bench python3 -m eval.bench
-        run tokenizer-bench python3 -m tokenizer.bench --size gaussian-imagenet,vq-imagenet \
+        run tokenizer-bench python3 -m launch.bench_tokenizer --size gaussian-imagenet,vq-imagenet \
             --batch 32 --steps 10 --warmup 3 --set loss.gan_start=0 ;;
 esac

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import torch
 
-from data.tario import atomic_write_json
-from eval.weights import file_sha1
+from data import config as configlib
+from data.cli import one_line_parser, positive_int, require_parent_dir
+from data.files import atomic_write_json, file_sha1, save_weights, tensors_sha1
 from generator.model import GPT
-from launch import config as configlib
 from launch.llamagen_keys import (
     GPT_DROPPED,
     LayoutError,
@@ -49,8 +49,7 @@ from launch.llamagen_keys import (
     tokens_from_freqs,
     vq_state,
 )
-from launch.runtime import save_weights
-from tokenizer.registry import build_tokenizer, state_sha1
+from tokenizer.registry import build_tokenizer
 
 WRAPPERS = ("model", "module", "state_dict")
 
@@ -185,7 +184,7 @@ def import_pair(vq_path: Path, gpt_path: Path | None, out: Path, image_size: int
         save_weights(out / "gpt.safetensors", gpt_weights)
         meta = {"gpt": configlib.to_dict(gpt_cfg),
                 "tokenizer": {"path": str((out / "tokenizer.safetensors").resolve()),
-                              "sha1": state_sha1(tok_weights)},
+                              "sha1": tensors_sha1(tok_weights)},
                 "weights": "imported from LlamaGen", "image_dir": None}
         atomic_write_json(out / "gpt.json", meta)
     atomic_write_json(out / "llamagen-import.json", record)
@@ -210,7 +209,7 @@ def summary(record: dict, out: Path) -> str:
 
 
 def main(argv=None) -> int:
-    parser = configlib.one_line_parser(prog="python -m launch.import_llamagen",
+    parser = one_line_parser(prog="python -m launch.import_llamagen",
                                        description=__doc__)
     parser.add_argument("--vq", type=Path, required=True,
                         help="LlamaGen VQ checkpoint (vq_ds16_c2i.pt) or .safetensors")
@@ -218,17 +217,17 @@ def main(argv=None) -> int:
                         help="LlamaGen class-conditional GPT checkpoint (c2i_B_256.pt, ...); "
                              "without it only the tokenizer is imported")
     parser.add_argument("--out", type=Path, required=True, help="folder to write")
-    parser.add_argument("--image-size", type=configlib.positive_int,
+    parser.add_argument("--image-size", type=positive_int,
                         help="sampling resolution (256 or 384), when the token count cannot "
                              "be read from the checkpoint (default: inferred; 256 for a VQ alone)")
-    parser.add_argument("--heads", type=configlib.positive_int,
+    parser.add_argument("--heads", type=positive_int,
                         help="attention heads, for a GPT that is not one of LlamaGen's sizes")
     parser.add_argument("--no-l2-norm", action="store_true",
                         help="the VQ codebook is not l2-normalised (default: as the checkpoint's "
                              "args say, else normalised as in vq_ds16_c2i.pt)")
     args = parser.parse_args(argv)
     try:
-        configlib.require_parent_dir(args.out, "--out")
+        require_parent_dir(args.out, "--out")
         record = import_pair(args.vq, args.gpt, args.out, args.image_size, args.heads,
                              False if args.no_l2_norm else None)
     except (CheckpointError, LayoutError, ValueError) as err:

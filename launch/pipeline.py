@@ -7,9 +7,9 @@
 
 Every stage reads the previous stage's folder under ``out`` and writes its own:
   data/train, data/heldout   image shards (data.build_shards)
-  tokenizer/                 tokenizer run; tokenizer.safetensors + .json (tokenizer.train)
+  tokenizer/                 tokenizer run; tokenizer.safetensors + .json (launch.train_tokenizer)
   codes/                     token shards of data/train (data.tokens), tokenizer recorded
-  gpt/                       DeepSpeed run; gpt.safetensors + gpt.json (generator.train)
+  gpt/                       DeepSpeed run; gpt.safetensors + gpt.json (launch.train_gpt)
   sample/                    grid.png and samples.npz (generator.sample[_fid])
   eval/                      result.json, leaderboard.md (eval.fid, eval.leaderboard)
 ``reuse`` points stages at other folders (e.g. ``reuse = {data = "runs/demo/data"}``:
@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launch import config as configlib
+from data import config as configlib
 
 STAGES = ("data", "tokenizer", "codes", "gpt", "sample", "eval")
 
@@ -81,9 +81,9 @@ class EvalStage:
 class PipelineConfig:
     out: str = "runs/pipeline"
     data: DataStage = field(default_factory=lambda: DataStage(builtin="mnist"))
-    tokenizer: dict = field(default_factory=dict)  # a tokenizer.train config table
+    tokenizer: dict = field(default_factory=dict)  # a launch.train_tokenizer config table
     codes: CodesStage = field(default_factory=CodesStage)
-    gpt: dict = field(default_factory=dict)  # a generator.train config table
+    gpt: dict = field(default_factory=dict)  # a launch.train_gpt config table
     sample: SampleStage = field(default_factory=SampleStage)
     eval: EvalStage = field(default_factory=EvalStage)
     reuse: dict = field(default_factory=dict)  # stage -> folder used instead of out/stage
@@ -100,7 +100,7 @@ class StageError(RuntimeError):
 
 
 def _rank_world():
-    from data.stream import env_rank_world
+    from data.ranks import env_rank_world
     return env_rank_world()
 
 
@@ -145,7 +145,7 @@ class Pipeline:
 
     def finish(self, stage: str, record: dict) -> None:
         if self.rank == 0:
-            from data.tario import atomic_write_json
+            from data.files import atomic_write_json
             self._marker(stage).parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self._marker(stage), record)
 
@@ -183,7 +183,7 @@ class Pipeline:
 
     # ---- 1: tokenizer ----------------------------------------------------------------
     def tokenizer_config(self):
-        from tokenizer.train import resolve_config
+        from launch.train_tokenizer import resolve_config
 
         table = dict(self.cfg.tokenizer)
         overrides = [f"data.shards={self.dir('data') / 'train'}",
@@ -194,8 +194,8 @@ class Pipeline:
         return resolve_config(path, overrides)
 
     def stage_tokenizer(self) -> None:
+        from launch.train_tokenizer import Trainer, export_weights
         from tokenizer.registry import load_tokenizer
-        from tokenizer.train import Trainer, export_weights
 
         data = self.require("data")
         cfg = self.tokenizer_config()
@@ -244,7 +244,7 @@ class Pipeline:
 
     # ---- 3: gpt ----------------------------------------------------------------------
     def gpt_config(self):
-        from generator.train import resolve_config
+        from launch.train_gpt import resolve_config
 
         path = self.dir("gpt") / "requested.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,7 +255,7 @@ class Pipeline:
     def stage_gpt(self) -> None:
         from data.stream import read_manifest
         from data.tokens import FORMAT_TAG
-        from generator.train import Trainer
+        from launch.train_gpt import Trainer
 
         codes = self.require("codes")
         manifest = read_manifest(self.dir("codes"), FORMAT_TAG)
@@ -353,7 +353,7 @@ def load_pipeline_config(path, overrides=None) -> PipelineConfig:
 def record_config(cfg: PipelineConfig) -> None:
     """``out/pipeline.toml``: the config of the last run into ``out`` that finished (a
     refused or failed run leaves it alone; each stage folder records its own config)."""
-    from data.tario import atomic_write_bytes
+    from data.files import atomic_write_bytes
 
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(Path(cfg.out) / "pipeline.toml", configlib.dumps(cfg).encode())

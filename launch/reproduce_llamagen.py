@@ -22,7 +22,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch import config as configlib
+from data import config as configlib
+from data.cli import one_line_parser, positive_int
 
 
 @dataclass
@@ -88,7 +89,7 @@ def tag_result(path: Path, cfg: ReproConfig, config_path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    parser = configlib.one_line_parser(prog="python -m launch.reproduce_llamagen",
+    parser = one_line_parser(prog="python -m launch.reproduce_llamagen",
                                        description=__doc__)
     parser.add_argument("--config", type=Path, required=True,
                         help="a launch/configs/llamagen/*.toml (one per published row)")
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ref", type=Path, required=True,
                         help="the ADM reference batch VIRTUAL_imagenet256_labeled.npz")
     parser.add_argument("--out", type=Path, help="output folder (default runs/llamagen/<config>)")
-    parser.add_argument("--gpus", type=configlib.positive_int, default=1,
+    parser.add_argument("--gpus", type=positive_int, default=1,
                         help="sampling processes (torchrun) on this machine")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set num=1000 (a smoke run)")

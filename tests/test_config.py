@@ -4,8 +4,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from launch import config as configlib
-from tokenizer import train as tok_train
+from data import config as configlib
+from launch import train_tokenizer as tok_train
 
 
 @dataclass
@@ -67,7 +67,7 @@ def test_trainer_configs_refuse_bad_values_with_one_line(override, message):
 
 
 def test_gpt_trainer_refuses_bad_values_before_any_work(capsys):
-    from generator.train import main
+    from launch.train_gpt import main
 
     for override, message in [("optim.lr=abc", "optim.lr: expected a number"),
                               ("deepspeed.grad_accum=0", "grad_accum must be >= 1"),
@@ -80,8 +80,8 @@ def test_gpt_trainer_refuses_bad_values_before_any_work(capsys):
 def test_fields_added_since_a_run_count_as_their_defaults():
     """A stage finished before a config field existed is still done (the field's default
     is what it ran with); setting the new field away from its default is a change."""
-    from generator.train import RunConfig
-    from launch.config import field_defaults, to_dict, with_added_fields
+    from data.config import field_defaults, to_dict, with_added_fields
+    from launch.train_gpt import RunConfig
 
     defaults = field_defaults(RunConfig)
     assert defaults == to_dict(RunConfig())

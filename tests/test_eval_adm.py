@@ -8,6 +8,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
+from data.files import file_sha1
 from eval import fid
 from eval.evaluator import extract, inception_score
 from eval.frechet import frechet_distance, statistics
@@ -15,7 +16,7 @@ from eval.inception import ADM_RESIZE, InceptionFeatures, head_logits, tf1_resiz
 from eval.prdc import precision_recall
 from eval.recon import ssim
 from eval.sets import ImageSetError, open_set
-from eval.weights import ResolvedWeights, file_sha1, resolve_inception
+from eval.weights import ResolvedWeights, resolve_inception
 from tests.test_eval_features import _images
 
 # ---------------------------------------------------------------- TF1 resize

@@ -1,9 +1,9 @@
-"""generator.bench runs the trainer's DeepSpeed step on the CPU and prints its tables
+"""launch.bench_gpt runs the trainer's DeepSpeed step on the CPU and prints its tables
 (no timing is asserted: benchmarks report, tests check that they run and what they say)."""
 
 import pytest
 
-from generator.bench import datasheet_peak, main
+from launch.bench_gpt import datasheet_peak, main
 
 pytestmark = pytest.mark.slow
 

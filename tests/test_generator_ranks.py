@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from data.files import load_checkpoint
 from data.stream import read_manifest
 from data.tokens import FORMAT_TAG
 from generator.model import GPT
-from generator.train import Trainer, build_gpt_config, resolve_config
-from launch.runtime import load_checkpoint
+from launch.train_gpt import Trainer, build_gpt_config, resolve_config
 from tests.token_helpers import make_token_set
 
 pytestmark = pytest.mark.slow  # two torchrun launches, about 35 s each
@@ -36,10 +36,10 @@ def _free_port() -> int:
 
 
 def _torchrun(out: Path, tokens: Path, *sets: str) -> None:
-    """``generator.train`` on 2 CPU ranks; fails the test with the ranks' output."""
+    """``launch.train_gpt`` on 2 CPU ranks; fails the test with the ranks' output."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "generator.train", "--quiet", "--out", str(out),
+           "-m", "launch.train_gpt", "--quiet", "--out", str(out),
            "--set", f"data.tokens={tokens}", "--set", "data.batch_size=8",
            "--set", "steps=2", "--set", "ckpt_every=2", *[a for s in sets for a in ("--set", s)]]
     env = {k: v for k, v in os.environ.items()

@@ -9,12 +9,12 @@ import torch
 from data.build_shards import BuildSettings, build_shards
 from data.tokens import finalize_token_shards, write_token_shards
 from generator import sample, sample_fid
-from generator.train import Trainer as GPTTrainer
-from generator.train import resolve_config as gpt_config
+from launch.train_gpt import Trainer as GPTTrainer
+from launch.train_gpt import resolve_config as gpt_config
+from launch.train_tokenizer import Trainer as TokTrainer
+from launch.train_tokenizer import export_weights
+from launch.train_tokenizer import resolve_config as tok_config
 from tokenizer.registry import load_tokenizer
-from tokenizer.train import Trainer as TokTrainer
-from tokenizer.train import export_weights
-from tokenizer.train import resolve_config as tok_config
 
 pytestmark = pytest.mark.slow  # end-to-end: tens of seconds; -m 'not slow' skips
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from generator.train import Trainer, main, resolve_config
+from launch.train_gpt import Trainer, main, resolve_config
 from tests.token_helpers import make_token_set
 
 pytestmark = pytest.mark.slow  # end-to-end: tens of seconds; -m 'not slow' skips
@@ -121,7 +121,7 @@ def test_resume_checks_tokenizer_world_size_and_keeps_the_ema_with_the_parameter
 
 
 def test_several_scheduler_tasks_without_ranks_are_refused(monkeypatch):
-    from generator.train import _ensure_single_process_env
+    from launch.train_gpt import _ensure_single_process_env
 
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from data import config as configlib
 from eval.leaderboard import PUBLISHED
-from launch import config as configlib
 from launch import reproduce_llamagen as repro
 from tests import llamagen_reference as ref
 from tests.test_llamagen_import import GPT_, VQ, _args

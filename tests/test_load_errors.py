@@ -10,11 +10,11 @@ import re
 import pytest
 import torch
 
+from data import config as configlib
+from data.files import WeightsError, save_checkpoint, save_weights
 from generator import sample
 from generator.config import gpt_config
 from generator.model import GPT
-from launch import config as configlib
-from launch.runtime import WeightsError, save_checkpoint, save_weights
 from tokenizer.config import registry_config
 from tokenizer.registry import build_tokenizer, load_tokenizer
 
@@ -153,7 +153,7 @@ def test_sample_out_is_checked_before_loading(gpt_files, tmp_path, capsys, out, 
 
 
 def test_tokenizer_train_checks_config_and_data_before_building(tmp_path, capsys):
-    from tokenizer.train import main
+    from launch.train_tokenizer import main
 
     assert main(["--config", str(tmp_path / "nope.toml"), "--quiet"]) == 2
     _one_line(capsys.readouterr().err, r"config file .*nope\.toml does not exist")

@@ -1,9 +1,9 @@
-"""tokenizer.bench on registry sizes: runs the trainer's step and prints its table (no
+"""launch.bench_tokenizer on registry sizes: runs the trainer's step and prints its table (no
 timing is asserted)."""
 
 import pytest
 
-from tokenizer.bench import main
+from launch.bench_tokenizer import main
 
 pytestmark = pytest.mark.slow
 

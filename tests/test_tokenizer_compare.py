@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 
-from tokenizer import compare
+from launch import compare_tokenizers as compare
 
 CONFIG = """
 seeds = [0, 1]

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from launch import config as configlib
-from tokenizer.train import NonFiniteLoss, Trainer, main, resolve_config
+from data import config as configlib
+from launch.train_tokenizer import NonFiniteLoss, Trainer, main, resolve_config
 
 
 def _cfg(tmp_path, digits, name="run", size="gaussian-debug", **sets):
@@ -81,9 +81,9 @@ def test_config_errors_and_resolved_config(tmp_path, digits, capsys):
 def test_export_load_and_evaluate(tmp_path, digits):
     from data.loader import make_image_loader
     from eval.recon import psnr, to_unit
+    from launch.train_tokenizer import export_weights
     from tokenizer.evaluate import evaluate
     from tokenizer.registry import load_tokenizer
-    from tokenizer.train import export_weights
 
     trainer = Trainer(_cfg(tmp_path, digits, steps=3), progress=False)
     trainer.run()

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.tario import atomic_write_json, write_tar_atomic
+from data.files import atomic_write_json
+from data.tario import write_tar_atomic
 from data.tokens import FORMAT_TAG
 
 

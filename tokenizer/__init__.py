@@ -5,5 +5,5 @@ Both tokenizers share one interface (``tokenizer.base.Tokenizer``):
 ``decode(tokens) -> images``, ``forward(images) -> (reconstruction, aux)`` for
 training, ``vocab_sizes`` (one per tuple component) and ``num_tokens``.
 Model files import only torch and kernels/; training and I/O live in
-``tokenizer.train``.
+``launch.train_tokenizer``.
 """

@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from data.cli import one_line_parser, positive_int
 from data.loader import make_image_loader
 from eval.evaluator import ReconstructionEvaluator
 from eval.recon import SSIM_CONVENTIONS
 from kernels import splat
-from launch.config import one_line_parser, positive_int
 from tokenizer.gaussian import code_usage
 from tokenizer.layout import content_mass
 from tokenizer.registry import load_tokenizer

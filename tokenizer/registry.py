@@ -1,6 +1,5 @@
 """Build a tokenizer from its config (the registry of sizes lives in tokenizer.config)."""
 
-import torch
 
 from tokenizer.config import REGISTRY, TokenizerConfig, registry_config
 from tokenizer.gaussian import GaussianTokenizer
@@ -23,8 +22,15 @@ def load_tokenizer(path, device="cpu"):
     """
     from pathlib import Path
 
-    from launch import config as configlib
-    from launch.runtime import WeightsError, load_checkpoint, load_state, load_weights, read_json
+    from data import config as configlib
+    from data.files import (
+        WeightsError,
+        load_checkpoint,
+        load_state,
+        load_weights,
+        read_json,
+        tensors_sha1,
+    )
     from tokenizer.config import TokenizerConfig
 
     path = Path(path)
@@ -47,16 +53,5 @@ def load_tokenizer(path, device="cpu"):
     except (configlib.ConfigError, TypeError, ValueError) as err:
         raise WeightsError(f"the tokenizer config of {path} is not valid ({err})") from err
     load_state(model, state, path)  # strict: a mismatch is an error, never ignored
-    return model.to(device).eval(), {"path": str(path.resolve()), "sha1": state_sha1(state),
+    return model.to(device).eval(), {"path": str(path.resolve()), "sha1": tensors_sha1(state),
                                      "config": config}
-
-
-def state_sha1(state: dict) -> str:
-    """The tokenizer fingerprint: sha1 over sorted keys and the tensors' bytes."""
-    import hashlib
-
-    h = hashlib.sha1()
-    for key in sorted(state):
-        h.update(key.encode())
-        h.update(state[key].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()

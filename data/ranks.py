@@ -1,0 +1,81 @@
+"""Which process of a run this is: rank and world size from the launcher's environment
+(torchrun, deepspeed), joining the process group, and the device a rank uses.
+
+Every stage reads its rank from here, so shard assignment, seeding and "only rank 0
+writes" agree. A process started by srun / mpirun as one of several tasks without the
+launcher's variables is refused (every task would be a rank-0 run writing into the same
+folder).
+"""
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+SCHEDULER_TASKS = ("SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")  # srun, mpirun
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def env_rank_world() -> tuple[int, int]:
+    """Rank and world size from the launcher's environment, else 0, 1."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _refuse_scheduler_tasks_without_launcher() -> None:
+    if "RANK" in os.environ:
+        return
+    for var in SCHEDULER_TASKS:
+        if int(os.environ.get(var, "1") or 1) > 1:
+            raise ValueError(
+                f"{var}={os.environ[var]} but no RANK/WORLD_SIZE: start the tasks with "
+                "deepspeed or torchrun (or export RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, "
+                "MASTER_PORT per task) so that they form one run")
+
+
+def launcher_env() -> Dist:
+    """The launcher's variables for this process, set for a single process where no
+    launcher ran (DeepSpeed needs them even for one); ValueError for an srun/mpirun
+    task without them."""
+    _refuse_scheduler_tasks_without_launcher()
+    if "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(port))
+    return current()
+
+
+def current() -> Dist:
+    rank, world = env_rank_world()
+    return Dist(rank, world, int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init_distributed() -> Dist:
+    """Join the process group when a launcher set WORLD_SIZE > 1 (nccl on CUDA, else
+    gloo); one process otherwise. ValueError for an srun/mpirun task without RANK."""
+    _refuse_scheduler_tasks_without_launcher()
+    info = current()
+    if info.world_size > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return info
+
+
+def device_for(info: Dist) -> torch.device:
+    return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else \
+        torch.device("cpu")
