@@ -51,7 +51,7 @@ def load_gpt(path, device="cpu") -> tuple[GPT, dict]:
 
 
 def load_matching_tokenizer(meta: dict, override=None, device="cpu"):
-    from tokenizer.registry import load_tokenizer
+    from tokenizer.build import load_tokenizer
 
     recorded = meta.get("tokenizer", {})
     path = override or recorded.get("path")

@@ -75,13 +75,13 @@ def matmul_rate(device, dtype) -> float:
 def tuple_shape(tokenizer_size: str) -> dict:
     """vocab_sizes, num_tokens and token_layout of a registry tokenizer (built on the
     meta device: no weights)."""
-    from tokenizer.config import registry_config
-    from tokenizer.registry import build_tokenizer
+    from tokenizer.build import build_tokenizer
+    from tokenizer.registry import registry_config
 
     with torch.device("meta"):
         tok = build_tokenizer(registry_config(tokenizer_size))
     return {"vocab_sizes": tok.vocab_sizes, "num_tokens": tok.num_tokens,
-            "token_layout": tok.token_layout}
+            "token_layout": tok.token_layout.to_dict()}
 
 
 def make_trainer(folder: Path, shape: dict, args, attention: str):

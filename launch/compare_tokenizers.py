@@ -104,8 +104,8 @@ def train_one(cfg: CompareConfig, name: str, seed: int, train: str, lpips) -> No
 
 
 def evaluate_one(cfg: CompareConfig, name: str, seed: int, heldout: str, tools) -> dict:
+    from tokenizer.build import load_tokenizer
     from tokenizer.evaluate import evaluate
-    from tokenizer.registry import load_tokenizer
 
     path = run_dir(cfg, name, seed) / "eval.json"
     if path.exists():
@@ -222,7 +222,7 @@ def layout_sheet(cfg: CompareConfig, heldout: str, names: list[str]):
     """Rows: each Gaussian variant (seed 0, or its first seed); columns: one held-out image
     per class with that model's Gaussians (index-coloured 2-sigma ellipses)."""
     from data.loader import make_image_loader
-    from tokenizer.registry import load_tokenizer
+    from tokenizer.build import load_tokenizer
     from tokenizer.visualize import draw_gaussians, grid, to_uint8
 
     loader = make_image_loader(heldout, batch_size=10_000, image_size=_image_size(cfg),

@@ -49,7 +49,7 @@ from launch.llamagen_keys import (
     tokens_from_freqs,
     vq_state,
 )
-from tokenizer.registry import build_tokenizer
+from tokenizer.build import build_tokenizer
 
 WRAPPERS = ("model", "module", "state_dict")
 

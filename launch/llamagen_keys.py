@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from generator.config import SIZES, GPTConfig
-from tokenizer.config import TokenizerConfig, llamagen_vq
+from tokenizer.config import TokenizerConfig
+from tokenizer.registry import llamagen_vq
 
 
 class LayoutError(ValueError):

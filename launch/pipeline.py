@@ -195,7 +195,7 @@ class Pipeline:
 
     def stage_tokenizer(self) -> None:
         from launch.train_tokenizer import Trainer, export_weights
-        from tokenizer.registry import load_tokenizer
+        from tokenizer.build import load_tokenizer
 
         data = self.require("data")
         cfg = self.tokenizer_config()
@@ -214,7 +214,7 @@ class Pipeline:
     # ---- 2: codes ------------------------------------------------------------------
     def stage_codes(self) -> None:
         from data.tokens import finalize_token_shards, write_token_shards
-        from tokenizer.registry import load_tokenizer
+        from tokenizer.build import load_tokenizer
 
         tok = self.require("tokenizer")
         export = self.dir("tokenizer") / "tokenizer.safetensors"
@@ -234,7 +234,7 @@ class Pipeline:
         write_token_shards(model.encode, self.dir("data") / "train", self.dir("codes"),
                            image_size=model.cfg.image_size, vocab_sizes=model.vocab_sizes,
                            tokenizer={"path": info["path"], "sha1": info["sha1"]},
-                           layout=model.token_layout,
+                           layout=model.token_layout.to_dict(),
                            views=self.cfg.codes.views, batch_size=self.cfg.codes.batch_size,
                            rank=self.rank, world_size=self.world, progress=self.progress)
         _barrier()

@@ -72,8 +72,8 @@ def tokenizer_numbers(run: Path, tok_dir: Path, data_dir: Path, heldout,
     """Held-out reconstruction metrics, the picture, and the classifier on reconstructions."""
     from eval.lpips import LPIPS
     from eval.weights import resolve_vgg16
+    from tokenizer.build import load_tokenizer
     from tokenizer.evaluate import evaluate
-    from tokenizer.registry import load_tokenizer
     from tokenizer.visualize import reconstruction_sheet, to_uint8
 
     model, info = load_tokenizer(tok_dir / "tokenizer.safetensors")

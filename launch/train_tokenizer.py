@@ -1,6 +1,6 @@
 """Train a tokenizer (GaussianToken or the VQ baseline).
 
-    python -m launch.train_tokenizer --config launch/configs/tokenizer-debug.toml
+    python -m launch.train_tokenizer --config launch/configs/tokenizer-digits-gaussian.toml
     python -m launch.train_tokenizer --size gaussian-debug --set data.shards=shards/digits \\
         --set steps=500 --out runs/tok
     torchrun --nproc_per_node 8 -m launch.train_tokenizer \\
@@ -10,11 +10,13 @@ One process on the CPU, or one per GPU under torchrun (several nodes: torchrun's
 --nnodes/--rdzv flags, or deepspeed's launcher with a hostfile). Re-running the same
 command resumes from ``OUT/checkpoints/last.pt`` exactly where it stopped (model,
 EMA, discriminator, optimisers, schedule, data position and RNG states). The resolved
-config is written to ``OUT/config.toml`` and into every checkpoint.
+config is written to ``OUT/config.toml`` and into every checkpoint. A batch whose loss is
+not finite on any rank is skipped by every rank (it is not a step); ``max_bad_steps`` in a
+row stop the run.
 """
 
-import argparse
 import copy
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,16 +24,30 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from data import config as configlib
+from data.build_shards import FORMAT_TAG
+from data.builtin import mirror_refusal
 from data.files import load_checkpoint, save_checkpoint, save_weights
+from data.loader import make_image_loader
 from data.ranks import Dist, device_for, init_distributed
-from launch.runtime import ema_update, resumable_batches, rng_state, set_rng_state, warmup_cosine
-from tokenizer.config import REGISTRY, TokenizerConfig, registry_config
+from data.stream import read_manifest
+from eval.lpips import LPIPS
+from eval.weights import resolve_vgg16
+from launch.trainer import (
+    NonFiniteLoss,
+    TrainingRun,
+    overrides,
+    resumable_batches,
+    training_parser,
+    warmup_cosine,
+)
+from tokenizer.build import build_tokenizer
+from tokenizer.config import TokenizerConfig
 from tokenizer.gaussian import code_usage_tensors
 from tokenizer.losses import LeCAM, PatchDiscriminator, hinge_d_loss, hinge_g_loss
-from tokenizer.registry import build_tokenizer
+from tokenizer.registry import REGISTRY, registry_config
+from tokenizer.visualize import reconstruction_sheet
 
 
 @dataclass
@@ -95,6 +111,8 @@ class RunConfig:
             raise ValueError(f"size must be one of {sorted(REGISTRY)}, got {self.size!r}")
         configlib.require_at_least(self, 1, "steps", "log_every", "image_every", "ckpt_every",
                                    "max_bad_steps")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: no EMA), got {self.ema_decay}")
         if self.continuous_steps < 0:
             raise ValueError("continuous_steps must be 0 or positive")
 
@@ -119,10 +137,6 @@ def resolve_table(data: dict) -> RunConfig:
     return configlib.from_dict(RunConfig, data)
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
 # what a resumed run may change (data.shards may move); anything else makes another run
 RESUMABLE_CHANGES = frozenset({"steps", "log_every", "image_every", "ckpt_every", "out",
                                "max_bad_steps", "data.shards", "compile"})
@@ -130,10 +144,6 @@ RESUMABLE_CHANGES = frozenset({"steps", "log_every", "image_every", "ckpt_every"
 
 def check_data(cfg: RunConfig) -> None:
     """The training shards exist, are image shards, and may be mirrored if flips are on."""
-    from data.build_shards import FORMAT_TAG
-    from data.builtin import mirror_refusal
-    from data.stream import read_manifest
-
     if not cfg.data.shards:
         raise configlib.ConfigError("data.shards is not set (an image shard folder)")
     read_manifest(cfg.data.shards, FORMAT_TAG)  # ShardSetError (a ValueError) if not
@@ -142,21 +152,22 @@ def check_data(cfg: RunConfig) -> None:
         raise configlib.ConfigError(f"data.flip is on but {refusal}: set data.flip=false")
 
 
-class Trainer:
-    """Holds the run's state; ``step()`` is one optimisation step, ``run()`` the loop."""
+class Trainer(TrainingRun):
+    """The tokenizer run's state; ``step(images)`` is one optimisation step, ``run()``
+    the shared loop (launch.trainer)."""
+
+    name = "tokenizer"
+    RESUMABLE_CHANGES = RESUMABLE_CHANGES
 
     def __init__(self, cfg: RunConfig, info: Dist | None = None, lpips=None, progress=True):
-        self.cfg, self.info = cfg, info or init_distributed()
-        self.device = device_for(self.info)
-        self.out = Path(cfg.out)
+        super().__init__(cfg, info or init_distributed(), progress)
+        self.device = device_for(self.ranks)
         torch.manual_seed(cfg.seed)
         self.model = build_tokenizer(cfg.tokenizer).to(self.device)
-        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.start_ema(self.model, cfg.ema_decay)
         self.disc = PatchDiscriminator(cfg.loss.disc_ndf, cfg.loss.disc_layers).to(self.device)
         self.lecam = LeCAM(cfg.loss.lecam_decay).to(self.device)
         if lpips is None and cfg.loss.lpips > 0:
-            from eval.lpips import LPIPS
-            from eval.weights import resolve_vgg16
             lpips = LPIPS(resolve_vgg16())
         self.lpips = lpips.to(self.device) if lpips is not None else None
         o = cfg.optim
@@ -164,11 +175,8 @@ class Trainer:
                                       weight_decay=o.weight_decay)
         self.opt_d = torch.optim.Adam(self.disc.parameters(), o.lr, o.betas,
                                       weight_decay=o.weight_decay)
-        self.step_num, self.epoch, self.batch_in_epoch = 0, 0, 0
-        self.bad_steps, self.skipped_steps = 0, 0
-        self.progress = progress and self.info.main
-        self.writer = None
-        if self.info.world_size > 1:
+        self.step_num = 0
+        if self.ranks.world_size > 1:
             self._wrap_distributed()
         else:
             self.train_model, self.train_disc = self.model, self.disc
@@ -186,8 +194,8 @@ class Trainer:
             dist.broadcast(t, 0)
             return t
 
-        self.model.quantizer.reduce, self.model.quantizer.broadcast = all_reduce, broadcast
-        ids = [self.info.local_rank] if self.device.type == "cuda" else None
+        self.model.set_collectives(all_reduce, broadcast)  # the codebook's statistics
+        ids = [self.ranks.local_rank] if self.device.type == "cuda" else None
         self.train_model = DistributedDataParallel(self.model, device_ids=ids)
         self.train_disc = DistributedDataParallel(self.disc, device_ids=ids)
 
@@ -197,42 +205,36 @@ class Trainer:
         return self.out / "checkpoints" / "last.pt"
 
     def state(self) -> dict:
-        return {"config": configlib.to_dict(self.cfg), "model": self.model.state_dict(),
-                "ema": self.ema.state_dict(), "disc": self.disc.state_dict(),
-                "lecam": self.lecam.state_dict(), "opt_g": self.opt_g.state_dict(),
-                "opt_d": self.opt_d.state_dict(), "step": self.step_num, "epoch": self.epoch,
-                "batch_in_epoch": self.batch_in_epoch, "skipped_steps": self.skipped_steps,
-                "rng": rng_state()}
+        return {**self.run_state(), "model": self.model.state_dict(),
+                "disc": self.disc.state_dict(), "lecam": self.lecam.state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "step": self.step_num}
 
     def save(self) -> None:
-        if self.info.main:
+        if self.ranks.main:
             save_checkpoint(self.last_checkpoint, self.state())
 
     def resume(self) -> bool:
         if not self.last_checkpoint.exists():
             return False
         s = load_checkpoint(self.last_checkpoint, self.device)
-        configlib.refuse_resume_conflicts(s["config"], self.cfg, RESUMABLE_CHANGES,
-                                          self.last_checkpoint)
-        for name in ("model", "ema", "disc", "lecam", "opt_g", "opt_d"):
+        self.check_resume(s, self.last_checkpoint)
+        for name in ("model", "disc", "lecam", "opt_g", "opt_d"):
             getattr(self, name).load_state_dict(s[name])
-        self.step_num, self.epoch = s["step"], s["epoch"]
-        self.batch_in_epoch, self.skipped_steps = s["batch_in_epoch"], s["skipped_steps"]
-        set_rng_state(s["rng"])
+        self.step_num = s["step"]
+        self.load_run_state(s, self.device)
+        self.resumed_from = self.last_checkpoint
         return True
 
     # ---- data -------------------------------------------------------------------
     def batches(self):
         """Endless (images, labels) on the device, epoch after epoch; resumable."""
-        from data.loader import make_image_loader
-
         check_data(self.cfg)
         loader = make_image_loader(
             self.cfg.data.shards, batch_size=self.cfg.data.batch_size,
             image_size=self.cfg.tokenizer.image_size, train=True, flip=self.cfg.data.flip,
-            mode="epoch",
-            num_workers=self.cfg.data.num_workers, rank=self.info.rank,
-            world_size=self.info.world_size, seed=self.cfg.seed)
+            mode="epoch", num_workers=self.cfg.data.num_workers, rank=self.ranks.rank,
+            world_size=self.ranks.world_size, seed=self.cfg.seed)
         empty = (f"{self.cfg.data.shards} gives no full batch of {self.cfg.data.batch_size} "
                  "per rank")
         for images, labels in resumable_batches(loader, self, empty):
@@ -243,10 +245,13 @@ class Trainer:
         enabled = self.cfg.bf16 and self.device.type == "cuda"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
-    def step(self, images: torch.Tensor) -> dict:
+    def train_step(self, batch) -> dict | None:
+        return self.step(batch[0])
+
+    def step(self, images: torch.Tensor) -> dict | None:
         """One generator (and discriminator) update on images [B, 3, S, S]; returns its
-        logs, losses as detached 0-dim tensors on the device (float() them to read), or
-        {"skipped": 1.0} for a non-finite loss."""
+        logs, detached 0-dim tensors on the device (float() them to read), or None where
+        the loss was not finite on some rank (every rank skips it: no step taken)."""
         cfg, lc = self.cfg, self.cfg.loss
         lr_scale = warmup_cosine(self.step_num, cfg.optim.warmup_steps, cfg.steps,
                                  cfg.optim.min_lr_ratio)
@@ -268,17 +273,9 @@ class Trainer:
                 g_adv = hinge_g_loss(self.train_disc(recon))
                 loss = loss + lc.gan * g_adv
                 logs["loss/g_adv"] = g_adv
-        if not torch.isfinite(loss):
-            self.opt_g.zero_grad(set_to_none=True)
-            self.bad_steps += 1
-            self.skipped_steps += 1
-            if self.bad_steps >= cfg.max_bad_steps:
-                raise NonFiniteLoss(f"{self.bad_steps} consecutive non-finite losses at step "
-                                    f"{self.step_num}; lower optim.lr or check the data")
-            self.step_num += 1
-            return {"skipped": 1.0}
-        self.bad_steps = 0
         self.opt_g.zero_grad(set_to_none=True)
+        if not self.guard.finite(loss, self.step_num):  # agreed by every rank
+            return None
         loss.backward()
         logs["grad_norm/g"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                              cfg.optim.grad_clip)
@@ -292,104 +289,57 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.disc.parameters(), cfg.optim.grad_clip)
             self.opt_d.step()
             logs["loss/d"] = d_loss
-        ema_update(self.ema, self.model, cfg.ema_decay)
         usage, perplexity = code_usage_tensors(aux["code_counts"])
         logs.update({"loss/total": loss, "codebook/usage": usage,
                      "codebook/perplexity": perplexity})
         self.step_num += 1
-        # on the device: the finiteness test above is the step's only host sync
-        return {**{k: v.detach().float() for k, v in logs.items()},
-                "lr": cfg.optim.lr * lr_scale}
+        return {k: v.detach().float() for k, v in logs.items()}
 
-    # ---- the loop ---------------------------------------------------------------------
-    def _log(self, logs: dict, images: torch.Tensor) -> None:
-        if not self.info.main:
+    # ---- what the shared loop asks ---------------------------------------------------
+    def ema_source(self) -> torch.nn.Module:
+        return self.model
+
+    def lr(self) -> float:
+        return self.opt_g.param_groups[0]["lr"]
+
+    def postfix(self, means: dict) -> dict:
+        return {k.split("/")[-1]: f"{v:.3g}" for k, v in means.items()
+                if k in ("loss/l1", "loss/lpips", "codebook/usage")}
+
+    def on_log(self, means: dict, batch) -> None:
+        if self.step_num % self.cfg.image_every and self.step_num != self.cfg.steps:
             return
-        if self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(self.out / "tensorboard"))
-        for k, v in logs.items():
-            self.writer.add_scalar(k, v, self.step_num)
-        if self.step_num % self.cfg.image_every == 0 or self.step_num == self.cfg.steps:
-            from tokenizer.visualize import reconstruction_sheet
-            sheet = reconstruction_sheet(self.ema, images[:8])
-            (self.out / "images").mkdir(parents=True, exist_ok=True)
-            sheet.save(self.out / "images" / f"step-{self.step_num:07d}.png")
-
-    def run(self, stop_after: int | None = None) -> dict:
-        """Train to cfg.steps (or stop after ``stop_after`` steps, checkpointing there)."""
-        if self.info.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.toml").write_text(configlib.dumps(self.cfg))
-        resumed = self.resume()
-        bar = tqdm(total=self.cfg.steps, initial=self.step_num, desc="tokenizer",
-                   disable=not self.progress, unit="step")
-        if resumed and self.progress:
-            bar.write(f"resumed from {self.last_checkpoint} at step {self.step_num}")
-        logs, sums, count = {}, {}, 0
-        batches = self.batches()
-        end = self.cfg.steps if stop_after is None else min(self.cfg.steps, stop_after)
-        while self.step_num < end:
-            images, _ = next(batches)
-            step_logs = self.step(images)
-            bar.update(1)
-            if "skipped" not in step_logs:  # summed on the device, read once per interval
-                lr = step_logs.pop("lr")
-                sums = {k: sums.get(k, 0) + v for k, v in step_logs.items()}
-                count += 1
-            if count and (self.step_num % self.cfg.log_every == 0
-                          or self.step_num == self.cfg.steps):
-                means = (torch.stack(list(sums.values())) / count).tolist()  # one sync
-                logs = {**dict(zip(sums, means, strict=True)), "lr": lr}
-                sums, count = {}, 0
-                bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items()
-                                 if k in ("loss/l1", "loss/lpips", "codebook/usage")})
-                self._log(logs, images)
-            if self.step_num % self.cfg.ckpt_every == 0 or self.step_num == end:
-                self.save()
-        bar.close()
-        if self.writer is not None:
-            self.writer.close()
-        return {**logs, "skipped_steps": self.skipped_steps}
+        model = self.ema.module(self.model) if self.ema is not None else \
+            copy.deepcopy(self.model).eval()
+        sheet = reconstruction_sheet(model, batch[0][:8])
+        (self.out / "images").mkdir(parents=True, exist_ok=True)
+        sheet.save(self.out / "images" / f"step-{self.step_num:07d}.png")
 
 
 def export_weights(ckpt: Path, out: Path) -> None:
     """EMA weights as safetensors with the tokenizer config beside them (for sampling)."""
-    import json
-
     state = load_checkpoint(ckpt)
-    save_weights(out, state["ema"])
+    save_weights(out, state["ema"] if state["ema"] is not None else state["model"])
     out.with_suffix(".json").write_text(json.dumps(state["config"]["tokenizer"], indent=1))
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m launch.train_tokenizer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, help="TOML run config (see launch/configs/)")
+    parser = training_parser("python -m launch.train_tokenizer", __doc__)
     parser.add_argument("--size", choices=sorted(REGISTRY),
                         help="tokenizer size from the registry (overrides the config's)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
-    parser.add_argument("--out", help="output folder (overrides the config's 'out')")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the tokenizer and discriminator (= --set "
-                             "compile=true; the first steps pay the compilation)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    overrides = args.set + ([f"out={args.out}"] if args.out else []) + \
-        (["compile=true"] if args.compile else [])
     try:
-        cfg = resolve_config(args.config, overrides, args.size)
+        cfg = resolve_config(args.config, overrides(args), args.size)
         check_data(cfg)  # before any model is built or file written
-        result = Trainer(cfg, progress=not args.quiet).run()
+        trainer = Trainer(cfg, progress=not args.quiet)
+        result = trainer.run()
     except (configlib.ConfigError, ValueError, NonFiniteLoss) as err:
         print(f"launch.train_tokenizer: {err}", file=sys.stderr)
         return 2
-    if init_distributed().main:
-        export_weights(Path(cfg.out) / "checkpoints" / "last.pt",
-                       Path(cfg.out) / "tokenizer.safetensors")
-        print(f"done: {cfg.steps} steps, {result.get('skipped_steps', 0)} skipped; weights in "
-              f"{Path(cfg.out) / 'tokenizer.safetensors'}")
+    if trainer.ranks.main:
+        export_weights(trainer.last_checkpoint, Path(cfg.out) / "tokenizer.safetensors")
+        print(f"done: {trainer.step_num} steps, {result['skipped_steps']} batches skipped "
+              f"(non-finite loss); weights in {Path(cfg.out) / 'tokenizer.safetensors'}")
     return 0
 
 

@@ -14,7 +14,7 @@ from launch.train_gpt import resolve_config as gpt_config
 from launch.train_tokenizer import Trainer as TokTrainer
 from launch.train_tokenizer import export_weights
 from launch.train_tokenizer import resolve_config as tok_config
-from tokenizer.registry import load_tokenizer
+from tokenizer.build import load_tokenizer
 
 pytestmark = pytest.mark.slow  # end-to-end: tens of seconds; -m 'not slow' skips
 
@@ -34,7 +34,7 @@ def chain(tmp_path_factory):
     write_token_shards(model.encode, images, root / "tokens", image_size=32,
                        vocab_sizes=model.vocab_sizes, views="flip", progress=False,
                        tokenizer={"path": info["path"], "sha1": info["sha1"]},
-                       layout=model.token_layout)
+                       layout=model.token_layout.to_dict())
     finalize_token_shards(images, root / "tokens")
     gpt = GPTTrainer(gpt_config(None, [f"data.tokens={root / 'tokens'}", "data.batch_size=8",
                                        "steps=2", f"out={root / 'gpt'}"]), progress=False)

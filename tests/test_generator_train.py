@@ -121,12 +121,12 @@ def test_resume_checks_tokenizer_world_size_and_keeps_the_ema_with_the_parameter
 
 
 def test_several_scheduler_tasks_without_ranks_are_refused(monkeypatch):
-    from launch.train_gpt import _ensure_single_process_env
+    from data.ranks import launcher_env
 
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
     with pytest.raises(ValueError, match="SLURM_STEP_NUM_TASKS=4 but no RANK"):
-        _ensure_single_process_env()
+        launcher_env()
 
 
 @pytest.mark.gpu

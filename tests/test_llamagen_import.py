@@ -16,8 +16,8 @@ from launch import import_llamagen
 from launch.llamagen_keys import gpt_key, infer_gpt, infer_vq, rename, vq_key
 from launch.llamagen_keys import vq_state as our_vq_state
 from tests import llamagen_reference as ref
-from tokenizer.config import registry_config
-from tokenizer.registry import build_tokenizer, load_tokenizer
+from tokenizer.build import build_tokenizer, load_tokenizer
+from tokenizer.registry import registry_config
 
 VQ = dict(ch=32, ch_mult=(1, 2), res_blocks=1, z=32, codes=64, dim=4)  # 16 px -> 8x8
 GPT_ = dict(layers=2, dim=64, vocab=64, classes=10)

@@ -15,8 +15,8 @@ from data.files import WeightsError, save_checkpoint, save_weights
 from generator import sample
 from generator.config import gpt_config
 from generator.model import GPT
-from tokenizer.config import registry_config
-from tokenizer.registry import build_tokenizer, load_tokenizer
+from tokenizer.build import build_tokenizer, load_tokenizer
+from tokenizer.registry import registry_config
 
 
 class _RunsCode:

@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 
-from tokenizer.config import GaussianConfig, registry_config
+from tokenizer.build import build_tokenizer
+from tokenizer.config import GaussianConfig
 from tokenizer.layout import content_layout, grid_layout, snap_to_bins
 from tokenizer.local_read import LocalRead, bilinear_read, place_points
-from tokenizer.registry import build_tokenizer
+from tokenizer.registry import registry_config
 
 
 def brute_bilinear(fmap, x, y):

@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 
-from tokenizer.config import GaussianConfig, QuantizerConfig, registry_config
+from tokenizer.build import build_tokenizer
+from tokenizer.config import GaussianConfig, QuantizerConfig
 from tokenizer.gaussian import Geometry
 from tokenizer.quantize import VectorQuantizer, rotation_trick
-from tokenizer.registry import build_tokenizer
+from tokenizer.registry import registry_config
 
 
 def _model(kind, **quantizer):
@@ -205,7 +206,8 @@ def test_registry_settings():
 def test_taming_vq_trains_with_its_codebook_on_the_sphere():
     """LlamaGen's VQ trunk trains through our quantiser: gradients reach the encoder and
     the EMA codebook (k-means start, updates) stays l2-normalised."""
-    from tokenizer.config import TokenizerConfig, llamagen_vq
+    from tokenizer.config import TokenizerConfig
+    from tokenizer.registry import llamagen_vq
 
     cfg = llamagen_vq(image_size=16, ch_mult=(1, 2), codebook_size=32, dim=4, channels=32,
                       z_channels=32, res_blocks=1)

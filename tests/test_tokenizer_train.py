@@ -53,7 +53,7 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, digits):
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     bad = images.clone()
     bad[0, 0, 0, 0] = float("nan")
-    assert trainer.step(bad) == {"skipped": 1.0}
+    assert trainer.step(bad) is None and trainer.step_num == 0  # skipped: not a step
     assert trainer.skipped_steps == 1
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items()
                if "quantizer" not in k)
@@ -82,8 +82,8 @@ def test_export_load_and_evaluate(tmp_path, digits):
     from data.loader import make_image_loader
     from eval.recon import psnr, to_unit
     from launch.train_tokenizer import export_weights
+    from tokenizer.build import load_tokenizer
     from tokenizer.evaluate import evaluate
-    from tokenizer.registry import load_tokenizer
 
     trainer = Trainer(_cfg(tmp_path, digits, steps=3), progress=False)
     trainer.run()

@@ -27,9 +27,9 @@ from data.loader import make_image_loader
 from eval.evaluator import ReconstructionEvaluator
 from eval.recon import SSIM_CONVENTIONS
 from kernels import splat
+from tokenizer.build import load_tokenizer
 from tokenizer.gaussian import code_usage
 from tokenizer.layout import content_mass
-from tokenizer.registry import load_tokenizer
 
 MODES = {"tokens": True, "continuous geometry": "none", "positions snapped only": "position",
          "shapes snapped only": "shape"}
@@ -90,7 +90,7 @@ def evaluate(model, data, *, batch_size=64, lpips=None, extractor=None, limit=No
             recon, aux = model(images, quantize_geometry=quantize)
             evaluators[mode].update(images, recon.clamp(-1, 1))
             if mode == "tokens":
-                codes = aux["tokens"][..., -1].flatten()
+                codes = aux["tokens"][..., model.token_layout.code_component].flatten()
                 counts += torch.bincount(codes, minlength=counts.numel()).float()
         if geometry is not None:
             geometry.update(images)

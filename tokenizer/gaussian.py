@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from kernels import splat
+from tokenizer.base import Tokenizer, TokenLayout
 from tokenizer.blocks import Attention, Decoder, Encoder, mlp
 from tokenizer.config import TokenizerConfig
 from tokenizer.layout import content_layout, grid_layout
@@ -75,7 +76,7 @@ class Geometry:
         return Geometry(take(self.xy), take(self.log_scale), take(self.rotation))
 
 
-class GaussianTokenizer(nn.Module):
+class GaussianTokenizer(Tokenizer):
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
         self.cfg = cfg
@@ -114,11 +115,12 @@ class GaussianTokenizer(nn.Module):
     tuple_names = TUPLE
 
     @property
-    def token_layout(self) -> dict:
-        """What the generator needs to know of a tuple: component names, which one is the
-        position token and its raster (token = row * grid + column, sorted ascending)."""
-        return {"components": list(TUPLE), "position_component": TUPLE.index("position"),
-                "position_grid": self.cfg.gaussian.position_bins}
+    def token_layout(self) -> TokenLayout:
+        """(position, shape, code); position = row * position_bins + column, tuples sorted
+        by it."""
+        return TokenLayout(TUPLE, code_component=TUPLE.index("code"),
+                           position_component=TUPLE.index("position"),
+                           position_grid=self.cfg.gaussian.position_bins)
 
     def _scale_range(self):
         g = self.cfg.gaussian

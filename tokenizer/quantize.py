@@ -11,9 +11,9 @@ Contract: ``forward(z [..., D]) -> (quantized [..., D], indices [...], losses)``
 normalised to unit length before the search and the codebook is kept on the unit
 sphere (k-means centres, EMA means and restarts are normalised as they are written).
 
-Distributed training: set ``reduce`` to a function that sums a tensor over ranks
-(and ``broadcast`` to one that copies rank 0's tensor) and the EMA statistics and
-restarts stay identical everywhere; the model itself imports nothing distributed.
+Distributed training: the trainer passes in ``set_collectives(reduce, broadcast)``, a
+function that sums a tensor over ranks and one that copies rank 0's tensor, and the EMA
+statistics and restarts stay identical everywhere; the model imports nothing distributed.
 """
 
 import torch
@@ -48,6 +48,11 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("initialised", torch.tensor(False))
         self.reduce = _identity
         self.broadcast = _identity
+
+    def set_collectives(self, reduce, broadcast) -> None:
+        """Under data parallelism: ``reduce(t)`` sums t over ranks, ``broadcast(t)`` copies
+        rank 0's t (both return it), so every rank's codebook stays the same."""
+        self.reduce, self.broadcast = reduce, broadcast
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """Indices [M] of the nearest codes to z [M, D], distances in fp32."""

@@ -1,57 +1,57 @@
-"""Build a tokenizer from its config (the registry of sizes lives in tokenizer.config)."""
+"""The one registry of tokenizer sizes, used by train, evaluate, sample and the benches
+(CLI ``choices`` come from it): a name -> a TokenizerConfig. Every kind has a "debug" size
+that runs the whole stack on a laptop CPU in minutes."""
+
+from tokenizer.config import ConvConfig, GaussianConfig, QuantizerConfig, TokenizerConfig
 
 
-from tokenizer.config import REGISTRY, TokenizerConfig, registry_config
-from tokenizer.gaussian import GaussianTokenizer
-from tokenizer.vq import VQTokenizer
-
-
-def build_tokenizer(cfg: TokenizerConfig):
-    return GaussianTokenizer(cfg) if cfg.kind == "gaussian" else VQTokenizer(cfg)
-
-
-__all__ = ["REGISTRY", "build_tokenizer", "registry_config"]
-
-
-def load_tokenizer(path, device="cpu"):
-    """A trained tokenizer in eval mode, from a training checkpoint (.pt, EMA weights) or
-    exported weights (.safetensors with its .json config beside it).
-
-    Returns (model, info) with info = {"path", "sha1", "config"}: the fingerprint
-    later stages store to refuse tokens from another tokenizer.
-    """
-    from pathlib import Path
-
-    from data import config as configlib
-    from data.files import (
-        WeightsError,
-        load_checkpoint,
-        load_state,
-        load_weights,
-        read_json,
-        tensors_sha1,
+def _debug(kind: str) -> TokenizerConfig:
+    return TokenizerConfig(
+        kind=kind, image_size=32,
+        encoder=ConvConfig(channels=32, ch_mult=(1, 2, 2) if kind == "gaussian" else (1, 2, 2, 2),
+                           res_blocks=1, groups=8),
+        quantizer=QuantizerConfig(codebook_size=128, dim=8, kmeans_iters=5),
+        gaussian=GaussianConfig(num_gaussians=16, hidden=64, heads=4, rounds=2, splat_size=8,
+                                position_bins=32, scale_bins=4, rotation_bins=4,
+                                scale_min=0.4, scale_max=3.0),
     )
-    from tokenizer.config import TokenizerConfig
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"tokenizer weights {path} do not exist")
-    if path.suffix == ".safetensors":
-        meta = path.with_suffix(".json")
-        if not meta.exists():
-            raise FileNotFoundError(f"{meta} (the tokenizer config beside {path.name}) is missing")
-        config, state = read_json(meta, "the tokenizer config"), load_weights(path)
-    else:
-        ckpt = load_checkpoint(path)
-        if not (isinstance(ckpt, dict) and isinstance(ckpt.get("ema"), dict)
-                and "tokenizer" in (ckpt.get("config") or {})):
-            raise WeightsError(f"{path} is not a tokenizer training checkpoint (no 'config' "
-                               "with a 'tokenizer' table and 'ema' weights)")
-        config, state = ckpt["config"]["tokenizer"], ckpt["ema"]
-    try:
-        model = build_tokenizer(configlib.from_dict(TokenizerConfig, config))
-    except (configlib.ConfigError, TypeError, ValueError) as err:
-        raise WeightsError(f"the tokenizer config of {path} is not valid ({err})") from err
-    load_state(model, state, path)  # strict: a mismatch is an error, never ignored
-    return model.to(device).eval(), {"path": str(path.resolve()), "sha1": tensors_sha1(state),
-                                     "config": config}
+
+def llamagen_vq(image_size: int = 256, ch_mult=(1, 1, 2, 2, 4), codebook_size: int = 16384,
+                dim: int = 8, channels: int = 128, z_channels: int = 256,
+                res_blocks: int = 2, l2_norm: bool = True) -> TokenizerConfig:
+    """LlamaGen's VQ tokenizer (defaults: VQ-16, 72M parameters; ch_mult (1, 2, 2, 4) is
+    its VQ-8). Resolution-free: the same weights at 256 px (16x16) and 384 px (24x24)."""
+    return TokenizerConfig(
+        kind="vq", image_size=image_size,
+        encoder=ConvConfig(channels=channels, ch_mult=tuple(ch_mult), res_blocks=res_blocks,
+                           style="taming", z_channels=z_channels),
+        quantizer=QuantizerConfig(codebook_size=codebook_size, dim=dim, l2_norm=l2_norm))
+
+
+REGISTRY = {
+    # runs on a laptop CPU in minutes: 32 px, 16 Gaussians / a 4x4 grid (16 tokens)
+    "gaussian-debug": lambda: _debug("gaussian"),
+    "vq-debug": lambda: _debug("vq"),
+    # the published CIFAR setting: 32 px, 64 Gaussians onto 16x16x3 (here x8 codes)
+    "gaussian-cifar": lambda: TokenizerConfig(
+        kind="gaussian", image_size=32,
+        encoder=ConvConfig(channels=128, ch_mult=(1, 2, 2), res_blocks=2),
+        quantizer=QuantizerConfig(codebook_size=1024, dim=8),
+        gaussian=GaussianConfig(num_gaussians=64, splat_size=16, position_bins=64)),
+    # the published ImageNet setting: 256 Gaussians, codebook 1024 x 8, 32x32x8 target
+    "gaussian-imagenet": lambda: TokenizerConfig(
+        kind="gaussian", image_size=256,
+        encoder=ConvConfig(channels=128, ch_mult=(1, 2, 2, 4), res_blocks=4),
+        quantizer=QuantizerConfig(codebook_size=1024, dim=8),
+        gaussian=GaussianConfig(num_gaussians=256, splat_size=32, position_bins=128)),
+    # LlamaGen's VQ-16 exactly (its vq_ds16_c2i.pt loads into it through
+    # launch.import_llamagen): 16x16 grid at 256 px, 16384 l2-normalised codes of 8
+    "vq-imagenet": lambda: llamagen_vq(256),
+}
+
+
+def registry_config(name: str) -> TokenizerConfig:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown tokenizer size {name!r}; choose from {sorted(REGISTRY)}")
+    return REGISTRY[name]()

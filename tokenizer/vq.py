@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tokenizer.base import Tokenizer, TokenLayout
 from tokenizer.blocks import Attention, Decoder, Encoder, mlp
 from tokenizer.config import TokenizerConfig
 from tokenizer.quantize import VectorQuantizer
@@ -32,7 +33,7 @@ class MixRound(nn.Module):
         return tokens + self.mlp(self.norm_mlp(tokens))
 
 
-class VQTokenizer(nn.Module):
+class VQTokenizer(Tokenizer):
     tuple_names = ("code",)
 
     def __init__(self, cfg: TokenizerConfig):
@@ -61,9 +62,9 @@ class VQTokenizer(nn.Module):
         return [self.cfg.quantizer.codebook_size]
 
     @property
-    def token_layout(self) -> dict:
+    def token_layout(self) -> TokenLayout:
         """One code per cell of a grid x grid raster, in raster order."""
-        return {"components": ["code"], "position_component": -1, "grid": self.cfg.grid}
+        return TokenLayout(self.tuple_names, code_component=0, token_grid=self.cfg.grid)
 
     @property
     def num_tokens(self) -> int:
