@@ -11,5 +11,10 @@ and image shard directories a ``classes.json`` (class names in id order).
 Modules: ``tario`` (deterministic atomic tar I/O), ``images`` (crops and codecs),
 ``builtin`` (offline datasets), ``build_shards`` (CLI), ``split`` (rank/worker
 assignment), ``loader`` (image loader), ``tokens`` (token shard writer and loader),
-``bench`` (throughput).
+``bench`` (throughput). At the bottom of the layers, data/ also holds what every stage
+shares: ``config`` (the one config mechanism: dataclasses <-> TOML), ``files`` (atomic
+writes, checkpoints without pickled code, safetensors, SHA-1), ``cli`` (one-line usage
+errors, argparse types) and ``ranks`` (rank and world size from the launcher).
+
+May import: nothing of the project.
 """

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from eval.frechet import frechet_distance, statistics
 from eval.inception import InceptionFeatures
 from eval.prdc import DEFAULT_K, precision_recall
+from eval.recon import check_convention, psnr, ssim, to_unit
 from eval.sets import ImageSet
 
 GENERATION_METRICS = ("fid", "sfid", "is", "prec", "recall")
@@ -141,7 +142,6 @@ class ReconstructionEvaluator:
         """real_features: pool features of the same real images, in the order ``update``
         will see them, computed once by the caller (saves an Inception pass per model).
         ssim_convention: "wang" or "llamagen" (see ``eval.recon``)."""
-        from eval.recon import check_convention
 
         self.lpips, self.extractor, self.real_features = lpips, extractor, real_features
         self.ssim_convention = check_convention(ssim_convention)
@@ -153,7 +153,6 @@ class ReconstructionEvaluator:
 
     def update(self, real: torch.Tensor, recon: torch.Tensor) -> None:
         """real, recon: [N, 3, H, W] in [-1, 1] (or uint8)."""
-        from eval.recon import psnr, ssim, to_unit
 
         a, b = to_unit(real), to_unit(recon)
         self.values["psnr"].append(psnr(a, b))

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data.files import atomic_write_bytes, load_weights
 from eval.inception_net import InceptionV3
 from eval.torchscript_reader import NotTorchScript, read_tensors
 from eval.weights import ResolvedWeights
@@ -55,11 +56,9 @@ def inception_state(weights: ResolvedWeights) -> dict[str, torch.Tensor]:
     the TorchScript file once and cached)."""
     from safetensors.torch import load_file, save
 
-    from data.files import atomic_write_bytes
 
     path = Path(weights.path)
     if path.suffix == ".safetensors":
-        from data.files import load_weights
 
         return load_weights(path)
     cached = CACHE / f"{weights.sha1}.safetensors"

@@ -24,7 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from data.build_shards import FORMAT_TAG
 from data.images import decode_image
+from data.stream import ShardSetError, read_manifest
+from data.tario import batched, iter_shard_tolerant
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 STAT_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
@@ -174,9 +177,6 @@ def _folder_batches(s: ImageSet, batch_size: int) -> Iterator[np.ndarray]:
 
 
 def _shard_samples(s: ImageSet) -> Iterator[tuple[np.ndarray, int]]:
-    from data.build_shards import FORMAT_TAG
-    from data.stream import read_manifest
-    from data.tario import iter_shard_tolerant
 
     manifest = read_manifest(s.path, FORMAT_TAG)
     fmt = manifest["settings"]["format"]
@@ -193,7 +193,6 @@ def _shard_samples(s: ImageSet) -> Iterator[tuple[np.ndarray, int]]:
 
 
 def _shard_batches(s: ImageSet, batch_size: int) -> Iterator[np.ndarray]:
-    from data.tario import batched
 
     for batch in batched((image for image, _ in _shard_samples(s)), batch_size):
         yield np.stack(batch)
@@ -209,8 +208,6 @@ def open_set(path) -> ImageSet:
             raise ImageSetError(f"{path}: expected a .npz file or a folder")
         return _open_npz(path)
     if (path / "manifest.json").exists():
-        from data.build_shards import FORMAT_TAG
-        from data.stream import ShardSetError, read_manifest
 
         try:
             manifest = read_manifest(path, FORMAT_TAG)

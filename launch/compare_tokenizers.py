@@ -28,9 +28,19 @@ import numpy as np
 import torch
 
 from data import config as configlib
+from data.build_shards import BuildSettings, build_shards
+from data.builtin import DEFAULT_SIZE, SPLITS
 from data.files import atomic_write_json, load_checkpoint
+from data.loader import make_image_loader
+from eval.evaluator import extract
+from eval.inception import InceptionFeatures
+from eval.lpips import LPIPS
+from eval.weights import resolve_inception, resolve_vgg16
 from launch.train_tokenizer import Trainer, resolve_table
 from tokenizer.blocks import count_parameters
+from tokenizer.build import load_tokenizer
+from tokenizer.evaluate import evaluate
+from tokenizer.visualize import draw_gaussians, grid, to_uint8
 
 
 @dataclass
@@ -59,8 +69,6 @@ class CompareConfig:
 def _shards(cfg: CompareConfig) -> tuple[str, str]:
     if cfg.train:
         return cfg.train, cfg.heldout
-    from data.build_shards import BuildSettings, build_shards
-    from data.builtin import DEFAULT_SIZE, SPLITS
 
     folders = []
     for split in SPLITS:
@@ -104,8 +112,6 @@ def train_one(cfg: CompareConfig, name: str, seed: int, train: str, lpips) -> No
 
 
 def evaluate_one(cfg: CompareConfig, name: str, seed: int, heldout: str, tools) -> dict:
-    from tokenizer.build import load_tokenizer
-    from tokenizer.evaluate import evaluate
 
     path = run_dir(cfg, name, seed) / "eval.json"
     if path.exists():
@@ -128,15 +134,12 @@ def _image_size(cfg: CompareConfig) -> int:
 
 def _real_features(cfg: CompareConfig, heldout: str, extractor) -> np.ndarray:
     """Inception pool features of every held-out image, in loader order, cached."""
-    from data.loader import make_image_loader
-    from eval.evaluator import extract
 
     cache = Path(cfg.out) / "heldout-inception-pool.npy"
     if cache.exists():
         return np.load(cache)
     loader = make_image_loader(heldout, batch_size=cfg.eval_batch, image_size=_image_size(cfg),
                                train=False)
-    from tokenizer.visualize import to_uint8
 
     feats = [extract(extractor, to_uint8(images), progress=False)["pool"] for images, _ in loader]
     feats = np.concatenate(feats)
@@ -221,9 +224,6 @@ def _label(text: str, height: int, width: int = 120):
 def layout_sheet(cfg: CompareConfig, heldout: str, names: list[str]):
     """Rows: each Gaussian variant (seed 0, or its first seed); columns: one held-out image
     per class with that model's Gaussians (index-coloured 2-sigma ellipses)."""
-    from data.loader import make_image_loader
-    from tokenizer.build import load_tokenizer
-    from tokenizer.visualize import draw_gaussians, grid, to_uint8
 
     loader = make_image_loader(heldout, batch_size=10_000, image_size=_image_size(cfg),
                                train=False)
@@ -280,13 +280,10 @@ def main(argv=None) -> int:
         tools = (None, None, None)
         if not args.report_only:
             extractor = real = None
-            from eval.lpips import LPIPS
-            from eval.weights import resolve_inception, resolve_vgg16
             needs_lpips = cfg.lpips or any(run_config(cfg, n, 0, train).loss.lpips > 0
                                            for n in names)
             lpips = LPIPS(resolve_vgg16()) if needs_lpips else None
             if cfg.rfid:
-                from eval.inception import InceptionFeatures
                 extractor = InceptionFeatures(resolve_inception())
                 real = _real_features(cfg, heldout, extractor)
             tools = (lpips if cfg.lpips else None, extractor, real)

@@ -26,10 +26,11 @@ from data import config as configlib
 from launch.pipeline import (
     STAGES,
     Pipeline,
+    PipelineConfig,
     StageError,
-    load_pipeline_config,
     record_config,
 )
+from launch.report import write_demo_report
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.toml"
 
@@ -97,11 +98,11 @@ def ablation_table(cfg: DemoConfig, name: str) -> dict:
     return table
 
 
-def resolve(table: dict, where: Path):
-    """A PipelineConfig from a table, through a TOML file (the one config mechanism)."""
-    where.parent.mkdir(parents=True, exist_ok=True)
-    where.write_text(configlib.dumps_table(table))
-    return load_pipeline_config(where)
+def resolve(table: dict):
+    """A PipelineConfig from a table, every stage's config checked (ConfigError)."""
+    pcfg = configlib.from_dict(PipelineConfig, table)
+    Pipeline(pcfg, progress=False).check_configs()
+    return pcfg
 
 
 def run_one(name: str, pcfg, progress: bool) -> tuple[dict, dict]:
@@ -123,7 +124,6 @@ def run_one(name: str, pcfg, progress: bool) -> tuple[dict, dict]:
 
 
 def main(argv=None) -> int:
-    from launch.report import write_demo_report
 
     parser = argparse.ArgumentParser(prog="python -m launch.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -145,11 +145,13 @@ def main(argv=None) -> int:
         runs = [(name, pipeline_table(cfg, name), dirs) for name in cfg.pipelines]
         runs += [(name, ablation_table(cfg, name), abl_dirs)
                  for name in (cfg.ablations if args.ablations else [])]
+        resolved = {(name, seed): resolve(seeded) for name, table, _ in runs  # all first
+                    for seed, seeded in seed_tables(cfg, table)}
         for name, table, into in runs:
             into[name] = []
-            for seed, seeded in seed_tables(cfg, table):
+            for seed, _ in seed_tables(cfg, table):
                 label = name if seed == cfg.seeds[0] else f"{name} seed {seed}"
-                pcfg = resolve(seeded, Path(seeded["out"]) / "requested.toml")
+                pcfg = resolved[name, seed]
                 stage_dirs, timings[label] = run_one(label, pcfg, not args.quiet)
                 record_config(pcfg)
                 into[name].append(stage_dirs)

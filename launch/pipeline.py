@@ -21,13 +21,25 @@ resumes by itself, so re-running the command after an interruption continues.
 """
 
 import argparse
+import copy
 import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data import builtin
 from data import config as configlib
+from data.build_shards import BuildSettings, build_shards
+from data.builtin import mirror_refusal
+from data.files import atomic_write_bytes, atomic_write_json
+from data.ranks import env_rank_world
+from data.stream import read_manifest
+from data.tokens import FORMAT_TAG, finalize_token_shards, write_token_shards
+from eval import fid, leaderboard
+from generator import sample, sample_fid
+from launch import train_gpt, train_tokenizer
+from tokenizer.build import load_tokenizer
 
 STAGES = ("data", "tokenizer", "codes", "gpt", "sample", "eval")
 
@@ -100,7 +112,6 @@ class StageError(RuntimeError):
 
 
 def _rank_world():
-    from data.ranks import env_rank_world
     return env_rank_world()
 
 
@@ -145,7 +156,6 @@ class Pipeline:
 
     def finish(self, stage: str, record: dict) -> None:
         if self.rank == 0:
-            from data.files import atomic_write_json
             self._marker(stage).parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self._marker(stage), record)
 
@@ -158,8 +168,6 @@ class Pipeline:
 
     # ---- 0: data -------------------------------------------------------------------
     def stage_data(self) -> None:
-        from data import builtin
-        from data.build_shards import BuildSettings, build_shards
 
         d = self.cfg.data
         record = {"config": configlib.to_dict(d)}
@@ -182,20 +190,12 @@ class Pipeline:
         _barrier()
 
     # ---- 1: tokenizer ----------------------------------------------------------------
-    def tokenizer_config(self):
-        from launch.train_tokenizer import resolve_config
-
-        table = dict(self.cfg.tokenizer)
-        overrides = [f"data.shards={self.dir('data') / 'train'}",
-                     f"out={self.dir('tokenizer')}"]
-        path = self.dir("tokenizer") / "requested.toml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(configlib.dumps_table(table))
-        return resolve_config(path, overrides)
+    def tokenizer_config(self) -> train_tokenizer.RunConfig:
+        return train_tokenizer.resolve_table(configlib.apply_overrides(
+            copy.deepcopy(self.cfg.tokenizer),
+            [f"data.shards={self.dir('data') / 'train'}", f"out={self.dir('tokenizer')}"]))
 
     def stage_tokenizer(self) -> None:
-        from launch.train_tokenizer import Trainer, export_weights
-        from tokenizer.build import load_tokenizer
 
         data = self.require("data")
         cfg = self.tokenizer_config()
@@ -203,18 +203,17 @@ class Pipeline:
         if self.done("tokenizer", record, cfg):
             return self.log("tokenizer: done")
         self.log(f"tokenizer: training {cfg.size} for {cfg.steps} steps (resumable)")
-        Trainer(cfg, progress=self.progress).run()
+        train_tokenizer.Trainer(cfg, progress=self.progress).run()
         if self.rank == 0:
             export = self.dir("tokenizer") / "tokenizer.safetensors"
-            export_weights(self.dir("tokenizer") / "checkpoints" / "last.pt", export)
+            train_tokenizer.export_weights(self.dir("tokenizer") / "checkpoints" / "last.pt",
+                                           export)
             record["export_sha1"] = load_tokenizer(export)[1]["sha1"]
             self.finish("tokenizer", record)
         _barrier()
 
     # ---- 2: codes ------------------------------------------------------------------
     def stage_codes(self) -> None:
-        from data.tokens import finalize_token_shards, write_token_shards
-        from tokenizer.build import load_tokenizer
 
         tok = self.require("tokenizer")
         export = self.dir("tokenizer") / "tokenizer.safetensors"
@@ -225,7 +224,6 @@ class Pipeline:
         record = {"config": configlib.to_dict(self.cfg.codes), "tokenizer_sha1": info["sha1"]}
         if self.done("codes", record, self.cfg.codes):
             return self.log("codes: done")
-        from data.builtin import mirror_refusal
         refusal = mirror_refusal(self.dir("data") / "train")
         if refusal and self.cfg.codes.views != "center":
             raise StageError(f"codes.views {self.cfg.codes.views!r} mirrors images but "
@@ -243,19 +241,12 @@ class Pipeline:
             self.finish("codes", record)
 
     # ---- 3: gpt ----------------------------------------------------------------------
-    def gpt_config(self):
-        from launch.train_gpt import resolve_config
-
-        path = self.dir("gpt") / "requested.toml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(configlib.dumps_table(dict(self.cfg.gpt)))
-        return resolve_config(path, [f"data.tokens={self.dir('codes')}",
-                                     f"out={self.dir('gpt')}"])
+    def gpt_config(self) -> train_gpt.RunConfig:
+        return configlib.from_dict(train_gpt.RunConfig, configlib.apply_overrides(
+            copy.deepcopy(self.cfg.gpt),
+            [f"data.tokens={self.dir('codes')}", f"out={self.dir('gpt')}"]))
 
     def stage_gpt(self) -> None:
-        from data.stream import read_manifest
-        from data.tokens import FORMAT_TAG
-        from launch.train_gpt import Trainer
 
         codes = self.require("codes")
         manifest = read_manifest(self.dir("codes"), FORMAT_TAG)
@@ -269,7 +260,7 @@ class Pipeline:
         if self.done("gpt", record, cfg):
             return self.log("gpt: done")
         self.log(f"gpt: training GPT-{cfg.size} for {cfg.steps} steps with DeepSpeed")
-        trainer = Trainer(cfg, progress=self.progress)
+        trainer = train_gpt.Trainer(cfg, progress=self.progress)
         trainer.run()
         if trainer.export() is not None:  # every rank: ZeRO-3 gathers the weights
             self.finish("gpt", record)
@@ -277,7 +268,6 @@ class Pipeline:
 
     # ---- 4: sample -------------------------------------------------------------------
     def stage_sample(self) -> None:
-        from generator import sample, sample_fid
 
         gpt = self.require("gpt")
         s = self.cfg.sample
@@ -315,7 +305,6 @@ class Pipeline:
 
     # ---- 5: eval ----------------------------------------------------------------------
     def stage_eval(self) -> None:
-        from eval import fid, leaderboard
 
         samples = self.require("sample")
         e = self.cfg.eval
@@ -341,7 +330,14 @@ class Pipeline:
         leaderboard.main([str(out / "result.json"), "--out", str(out / "leaderboard.md")])
         self.finish("eval", record)
 
+    def check_configs(self) -> None:
+        """Resolve every training stage's config (ConfigError naming the field) before
+        any stage runs: a bad value in a later stage must not cost the earlier ones."""
+        self.tokenizer_config()
+        self.gpt_config()
+
     def run(self, stages) -> None:
+        self.check_configs()
         for stage in stages:
             getattr(self, f"stage_{stage}")()
 
@@ -353,7 +349,6 @@ def load_pipeline_config(path, overrides=None) -> PipelineConfig:
 def record_config(cfg: PipelineConfig) -> None:
     """``out/pipeline.toml``: the config of the last run into ``out`` that finished (a
     refused or failed run leaves it alone; each stage folder records its own config)."""
-    from data.files import atomic_write_bytes
 
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(Path(cfg.out) / "pipeline.toml", configlib.dumps(cfg).encode())

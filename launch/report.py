@@ -15,7 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eval.evaluator import extract
+from eval.fid import FEATURES_VERSION, load_reference
+from eval.frechet import frechet_distance, statistics
+from eval.inception import InceptionFeatures
+from eval.lpips import LPIPS
 from eval.sets import load_shard_images
+from eval.weights import resolve_inception, resolve_vgg16
+from tokenizer.build import load_tokenizer
+from tokenizer.evaluate import evaluate
+from tokenizer.visualize import reconstruction_sheet, to_uint8
 
 CLASSIFIER_SIDE = 8  # images are average-pooled to 8x8 grey (sklearn digits' native size)
 
@@ -42,11 +51,6 @@ class Classifier:
 
 def fid_floor(train_images: np.ndarray, heldout_dir: Path, n: int, seed: int = 0) -> float:
     """FID of n training images (a fixed random subset) against the held-out reference."""
-    from eval.evaluator import extract
-    from eval.fid import load_reference
-    from eval.frechet import frechet_distance, statistics
-    from eval.inception import InceptionFeatures
-    from eval.weights import resolve_inception
 
     extractor = InceptionFeatures(resolve_inception())
     reference = load_reference(heldout_dir, extractor, 50, progress=False)
@@ -70,11 +74,6 @@ def _cached(path: Path, key: str, compute):
 def tokenizer_numbers(run: Path, tok_dir: Path, data_dir: Path, heldout,
                       classifier: Classifier) -> dict:
     """Held-out reconstruction metrics, the picture, and the classifier on reconstructions."""
-    from eval.lpips import LPIPS
-    from eval.weights import resolve_vgg16
-    from tokenizer.build import load_tokenizer
-    from tokenizer.evaluate import evaluate
-    from tokenizer.visualize import reconstruction_sheet, to_uint8
 
     model, info = load_tokenizer(tok_dir / "tokenizer.safetensors")
 
@@ -172,7 +171,6 @@ def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Pat
         rows[name] = over_seeds([generation_numbers(out / name, d["gpt"], d["sample"],
                                                     d["eval"], classifier) for d in seeds])
     n = next(iter(rows.values()))["num_generated"]
-    from eval.fid import FEATURES_VERSION
 
     floor = _cached(out / "floor.json", f"{n}-{FEATURES_VERSION}",
                     lambda: fid_floor(train[0], data_dir / "heldout", n))

@@ -1,8 +1,11 @@
 """Train the class-conditional GPT on token shards with DeepSpeed.
 
-    python -m launch.train_gpt --config launch/configs/gpt-digits.toml        # 1 CPU process
+    python -m launch.train_gpt --set data.tokens=TOKENS --out runs/gpt      # 1 CPU process
     deepspeed --num_gpus 8 -m launch.train_gpt --config launch/configs/gpt-b-imagenet.toml
-    deepspeed --hostfile hosts -m launch.train_gpt --config ...                # several nodes
+    deepspeed --hostfile hosts -m launch.train_gpt --config ...       # several nodes
+
+TOKENS is a token shard folder: the codes stage of ``python -m launch.pipeline`` (or of
+the demo) writes one, ``OUT/codes``.
 
 The GPT's vocabularies, tuple length and class count come from the token shards'
 manifest, and the tokenizer that made them is recorded in every checkpoint and
@@ -20,7 +23,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import deepspeed
 import torch
 
 from data import config as configlib
@@ -263,6 +265,8 @@ class Trainer(TrainingRun):
         super().__init__(cfg, launcher_env(), progress)  # DeepSpeed needs the variables
         self.manifest, self.gpt_cfg = manifest, gpt_cfg
         self.rank, self.world = self.ranks.rank, self.ranks.world_size
+        import deepspeed  # heavy (seconds) and noisy on the CPU: imported when a run starts
+
         cuda = torch.cuda.is_available()
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
         if cuda:
@@ -358,6 +362,8 @@ class Trainer(TrainingRun):
         weights = {}
         for name, param in self.gpt.named_parameters():
             if stage3:
+                import deepspeed  # imported by __init__ already
+
                 with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
                     if self.rank == 0:
                         weights[name] = param.detach().float().cpu().clone()

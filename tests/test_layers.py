@@ -123,3 +123,11 @@ def test_an_alias_that_does_more_is_not_an_alias(tmp_path):
     root = _tree(tmp_path, {"tokenizer/train.py": text})
     assert violations(root, aliases={"tokenizer/train.py": "launch.train_tokenizer"}) == [
         "tokenizer/train.py: not a plain alias of launch.train_tokenizer"]
+
+
+def test_each_package_says_what_it_may_import():
+    for package, may in ALLOWED.items():
+        doc = ast.get_docstring(ast.parse((ROOT / package / "__init__.py").read_text()))
+        line = next((t for t in (doc or "").splitlines() if t.startswith("May import:")), "")
+        said = {w.strip(" .") for w in line.removeprefix("May import:").split(",")}
+        assert said == (may or {"nothing of the project"}), (package, line)

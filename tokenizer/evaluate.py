@@ -25,7 +25,10 @@ from tqdm import tqdm
 from data.cli import one_line_parser, positive_int
 from data.loader import make_image_loader
 from eval.evaluator import ReconstructionEvaluator
+from eval.inception import InceptionFeatures
+from eval.lpips import LPIPS
 from eval.recon import SSIM_CONVENTIONS
+from eval.weights import resolve_inception, resolve_vgg16
 from kernels import splat
 from tokenizer.build import load_tokenizer
 from tokenizer.gaussian import code_usage
@@ -143,12 +146,8 @@ def main(argv=None) -> int:
         model, info = load_tokenizer(args.ckpt)
         lpips = extractor = None
         if not args.no_lpips:
-            from eval.lpips import LPIPS
-            from eval.weights import resolve_vgg16
             lpips = LPIPS(resolve_vgg16())
         if not args.no_rfid:
-            from eval.inception import InceptionFeatures
-            from eval.weights import resolve_inception
             extractor = InceptionFeatures(resolve_inception())
         report = evaluate(model, args.data, batch_size=args.batch_size, lpips=lpips,
                           extractor=extractor, limit=args.limit, progress=not args.quiet,
