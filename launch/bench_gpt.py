@@ -34,7 +34,8 @@ from data.tokens import FORMAT_TAG
 from generator.config import SIZES
 from generator.model import count_parameters, flops_per_token, xformers_runs
 from generator.sampling import generate
-from launch.train_gpt import Trainer, resolve_config
+from launch.run_config import resolve_gpt_config
+from launch.train_gpt import Trainer
 from tokenizer.build import build_tokenizer
 from tokenizer.registry import registry_config
 
@@ -98,7 +99,7 @@ def make_trainer(folder: Path, shape: dict, args, attention: str):
     overrides = [f"data.tokens={tokens}", f"data.batch_size={args.batch}", f"size={args.size}",
                  f"out={folder / attention}", f"attention={attention}", "ema_decay=0",
                  *args.set]
-    return Trainer(resolve_config(args.config, overrides), progress=False)
+    return Trainer(resolve_gpt_config(args.config, overrides), progress=False)
 
 
 def random_batch(shape: dict, batch: int, device):

@@ -27,7 +27,8 @@ from data import config as configlib
 from data.cli import positive_int
 from data.ranks import Dist
 from launch.compare_tokenizers import CompareConfig, run_config
-from launch.train_tokenizer import Trainer, resolve_config
+from launch.run_config import resolve_tokenizer_config
+from launch.train_tokenizer import Trainer
 from tokenizer.blocks import count_parameters
 
 
@@ -43,7 +44,7 @@ def variant_configs(args, tmp: str) -> dict:
                                         f"{args.config} ({', '.join(cfg.variants)})")
         configs = {n: run_config(cfg, n, 0, tmp) for n in names}
     else:
-        configs = {size: resolve_config(None, [*args.set, *(
+        configs = {size: resolve_tokenizer_config(None, [*args.set, *(
             [f"data.batch_size={args.batch}"] if args.batch else [])], size)
             for size in args.size.split(",")}
     for name, rc in configs.items():

@@ -36,7 +36,8 @@ from eval.evaluator import extract
 from eval.inception import InceptionFeatures
 from eval.lpips import LPIPS
 from eval.weights import resolve_inception, resolve_vgg16
-from launch.train_tokenizer import Trainer, resolve_table
+from launch.run_config import resolve_tokenizer_table
+from launch.train_tokenizer import Trainer
 from tokenizer.blocks import count_parameters
 from tokenizer.build import load_tokenizer
 from tokenizer.evaluate import evaluate
@@ -85,7 +86,7 @@ def run_config(cfg: CompareConfig, name: str, seed: int, train: str):
     table = configlib.merge_tables(cfg.base, cfg.variants[name])
     table = configlib.merge_tables(table, {"seed": seed, "out": str(run_dir(cfg, name, seed)),
                                  "data": {"shards": train}})
-    return resolve_table(table)
+    return resolve_tokenizer_table(table)
 
 
 def run_dir(cfg: CompareConfig, name: str, seed: int) -> Path:

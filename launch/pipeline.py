@@ -38,7 +38,7 @@ from data.stream import read_manifest
 from data.tokens import FORMAT_TAG, finalize_token_shards, write_token_shards
 from eval import fid, leaderboard
 from generator import sample, sample_fid
-from launch import train_gpt, train_tokenizer
+from launch import run_config, train_gpt, train_tokenizer
 from tokenizer.build import load_tokenizer
 
 STAGES = ("data", "tokenizer", "codes", "gpt", "sample", "eval")
@@ -190,8 +190,8 @@ class Pipeline:
         _barrier()
 
     # ---- 1: tokenizer ----------------------------------------------------------------
-    def tokenizer_config(self) -> train_tokenizer.RunConfig:
-        return train_tokenizer.resolve_table(configlib.apply_overrides(
+    def tokenizer_config(self) -> run_config.TokenizerRunConfig:
+        return run_config.resolve_tokenizer_table(configlib.apply_overrides(
             copy.deepcopy(self.cfg.tokenizer),
             [f"data.shards={self.dir('data') / 'train'}", f"out={self.dir('tokenizer')}"]))
 
@@ -241,8 +241,8 @@ class Pipeline:
             self.finish("codes", record)
 
     # ---- 3: gpt ----------------------------------------------------------------------
-    def gpt_config(self) -> train_gpt.RunConfig:
-        return configlib.from_dict(train_gpt.RunConfig, configlib.apply_overrides(
+    def gpt_config(self) -> run_config.GPTRunConfig:
+        return run_config.resolve_gpt_table(configlib.apply_overrides(
             copy.deepcopy(self.cfg.gpt),
             [f"data.tokens={self.dir('codes')}", f"out={self.dir('gpt')}"]))
 

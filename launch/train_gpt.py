@@ -20,7 +20,7 @@ import argparse
 import json
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,115 +30,19 @@ from data.files import atomic_write_json, load_checkpoint, save_checkpoint, save
 from data.ranks import launcher_env
 from data.stream import read_manifest
 from data.tokens import FORMAT_TAG, make_token_loader
-from generator.config import SIZES, GPTConfig, gpt_config
-from generator.model import ATTENTION, GPT, use_attention
+from generator.config import GPTConfig, gpt_config
+from generator.model import GPT, use_attention
+from launch.run_config import GPT_RESUMABLE, GPTRunConfig, resolve_gpt_config
 from launch.trainer import (
     NonFiniteLoss,
     TrainingRun,
+    lr_multiplier,
     overrides,
     resumable_batches,
     training_parser,
-    warmup_cosine,
 )
 
-SCHEDULES = ("cosine", "constant")
 RANK_SEED_STRIDE = 7919  # rank r draws dropout / label drops from seed + 7919 r (a prime)
-# what a resumed run may change; anything else would silently make another run (data.tokens
-# may move: the tokenizer fingerprint and the GPT config are checked separately)
-RESUMABLE_CHANGES = frozenset({"steps", "log_every", "ckpt_every", "out", "max_bad_steps",
-                               "data.tokens", "compile", "attention"})
-
-
-@dataclass
-class DataConfig:
-    tokens: str = ""  # token shard folder (data.tokens)
-    batch_size: int = 32  # micro-batch per rank
-    num_workers: int = 0
-
-    def __post_init__(self):
-        configlib.require_at_least(self, 1, "batch_size", prefix="data.")
-        configlib.require_at_least(self, 0, "num_workers", prefix="data.")
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.05
-    warmup_steps: int = 0
-    schedule: str = "constant"  # LlamaGen trains at a constant LR
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-
-    def __post_init__(self):
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-
-
-@dataclass
-class DeepSpeedConfig:
-    zero_stage: int = 0
-    bf16: bool = True  # on CUDA; CPU runs in fp32
-    grad_accum: int = 1
-    # ZeRO-3: parameters with fewer elements stay whole on every rank (DeepSpeed's
-    # stage3_param_persistence_threshold; its default)
-    persistence_threshold: int = 100_000
-
-    def __post_init__(self):
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"deepspeed.zero_stage must be 0-3, got {self.zero_stage}")
-        configlib.require_at_least(self, 1, "grad_accum", prefix="deepspeed.")
-        configlib.require_at_least(self, 0, "persistence_threshold", prefix="deepspeed.")
-
-
-@dataclass
-class ModelOptions:
-    dropout: float = 0.1  # embeddings, residual branches, FFN
-    attn_dropout: float = 0.0  # attention probabilities (LlamaGen: 0)
-    class_dropout: float = 0.1
-    qk_norm: bool = False
-    rope: str = ""  # "" = automatic: spatial for Gaussian tuples, 2d for VQ grids, else 1d
-    position_embed: str = "factorised"  # Gaussian position tokens: + row/column terms
-    class_rope: str = "identity"  # class token's rotary row: "identity", or LlamaGen's "zero"
-
-
-@dataclass
-class RunConfig:
-    size: str = "debug"
-    model: ModelOptions = field(default_factory=ModelOptions)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
-    out: str = "runs/gpt"
-    steps: int = 1000  # optimizer steps
-    log_every: int = 10
-    ckpt_every: int = 500
-    ema_decay: float = 0.9999  # 0 disables the EMA copy
-    seed: int = 0  # model init; data order; rank r's dropout/label-drop draws use seed + r
-    max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
-    compile: bool = False  # torch.compile the GPT's loss (first steps pay the compilation)
-    # "auto": xformers' memory-efficient attention where it runs on CUDA, else PyTorch's
-    # scaled_dot_product_attention; "sdpa" or "xformers" to choose
-    attention: str = "auto"
-
-    def __post_init__(self):
-        if self.size not in SIZES:
-            raise ValueError(f"size must be one of {list(SIZES)}, got {self.size!r}")
-        if self.attention not in ATTENTION:
-            raise ValueError(f"attention must be one of {list(ATTENTION)}, got "
-                             f"{self.attention!r}")
-        if self.compile and self.deepspeed.zero_stage == 3:  # seen on the CPU: dynamo hits
-            # its recompile limit in ZeRO-3's gather hooks and runs eager after all
-            raise ValueError("compile = true does not work with deepspeed.zero_stage = 3 "
-                             "(ZeRO-3's parameter hooks make torch.compile recompile every "
-                             "module until it gives up); use zero_stage <= 2 or compile = "
-                             "false")
-        configlib.require_at_least(self, 1, "steps", "log_every", "ckpt_every",
-                                   "max_bad_steps")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1) (0: no EMA), got {self.ema_decay}")
-
-
 class LossModule(torch.nn.Module):
     """What DeepSpeed wraps: (labels, tokens) -> loss. Keeps the GPT itself pure; the
     last step's per-component losses and accuracies stay in ``last`` ([2, K], detached,
@@ -157,7 +61,7 @@ class LossModule(torch.nn.Module):
         return ce.sum()
 
 
-def build_gpt_config(cfg: RunConfig, manifest: dict) -> GPTConfig:
+def build_gpt_config(cfg: GPTRunConfig, manifest: dict) -> GPTConfig:
     m = cfg.model
     return gpt_config(cfg.size, vocab_sizes=manifest["vocab_sizes"],
                       num_tokens=manifest["num_tokens"], num_classes=manifest["num_classes"],
@@ -167,7 +71,7 @@ def build_gpt_config(cfg: RunConfig, manifest: dict) -> GPTConfig:
                       layout=manifest.get("token_layout"))
 
 
-def deepspeed_config(cfg: RunConfig, cuda: bool) -> dict:
+def deepspeed_config(cfg: GPTRunConfig, cuda: bool) -> dict:
     """The DeepSpeed config of a run (micro-batch, accumulation, clipping, ZeRO, bf16)."""
     d = cfg.deepspeed
     zero = {"stage": d.zero_stage}
@@ -185,17 +89,7 @@ def deepspeed_config(cfg: RunConfig, cuda: bool) -> dict:
     }
 
 
-def lr_multiplier(o: OptimConfig, total_steps: int):
-    """step -> LR multiplier: constant (after an optional linear warm-up), or warm-up +
-    cosine down to min_lr_ratio at ``total_steps``."""
-    def multiplier(step: int) -> float:
-        if o.schedule == "constant":
-            return min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
-        return warmup_cosine(step, max(o.warmup_steps, 1), total_steps, o.min_lr_ratio)
-    return multiplier
-
-
-def build_optimizer(gpt: GPT, cfg: RunConfig):
+def build_optimizer(gpt: GPT, cfg: GPTRunConfig):
     """AdamW with weight decay on matrices only, and its LR schedule."""
     o = cfg.optim
     decay = [p for p in gpt.parameters() if p.dim() >= 2]
@@ -255,9 +149,9 @@ class CheckpointFolder:
 
 class Trainer(TrainingRun):
     name = "gpt"
-    RESUMABLE_CHANGES = RESUMABLE_CHANGES
+    RESUMABLE_CHANGES = GPT_RESUMABLE
 
-    def __init__(self, cfg: RunConfig, progress: bool = True):
+    def __init__(self, cfg: GPTRunConfig, progress: bool = True):
         if not cfg.data.tokens:
             raise configlib.ConfigError("data.tokens is not set (a token shard folder)")
         manifest = read_manifest(cfg.data.tokens, FORMAT_TAG)
@@ -435,16 +329,13 @@ class Trainer(TrainingRun):
         return {"step": self.step_num}
 
 
-def resolve_config(path=None, overrides=None) -> RunConfig:
-    return configlib.load(RunConfig, path, overrides)
-
-
 def main(argv=None) -> int:
     parser = training_parser("python -m launch.train_gpt", __doc__)
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
     args = parser.parse_args(argv)
     try:
-        trainer = Trainer(resolve_config(args.config, overrides(args)), progress=not args.quiet)
+        trainer = Trainer(resolve_gpt_config(args.config, overrides(args)),
+                          progress=not args.quiet)
         trainer.run()
         path = trainer.export()  # every rank: ZeRO-3 gathers the weights
         if path is not None:

@@ -18,7 +18,6 @@ row stop the run.
 import copy
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,115 +33,27 @@ from data.ranks import Dist, device_for, init_distributed
 from data.stream import read_manifest
 from eval.lpips import LPIPS
 from eval.weights import resolve_vgg16
+from launch.run_config import (
+    TOKENIZER_RESUMABLE,
+    TokenizerRunConfig,
+    resolve_tokenizer_config,
+)
 from launch.trainer import (
     NonFiniteLoss,
     TrainingRun,
+    lr_multiplier,
     overrides,
     resumable_batches,
     training_parser,
-    warmup_cosine,
 )
 from tokenizer.build import build_tokenizer
-from tokenizer.config import TokenizerConfig
 from tokenizer.gaussian import code_usage_tensors
 from tokenizer.losses import LeCAM, PatchDiscriminator, hinge_d_loss, hinge_g_loss
-from tokenizer.registry import REGISTRY, registry_config
+from tokenizer.registry import REGISTRY
 from tokenizer.visualize import reconstruction_sheet
 
 
-@dataclass
-class DataConfig:
-    shards: str = ""  # image shard folder (data.build_shards)
-    batch_size: int = 8  # per rank
-    num_workers: int = 0
-    flip: bool = True  # random horizontal flips; off for data that is not mirror-symmetric
-
-    def __post_init__(self):
-        configlib.require_at_least(self, 1, "batch_size", prefix="data.")
-        configlib.require_at_least(self, 0, "num_workers", prefix="data.")
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.9)
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-
-
-@dataclass
-class LossConfig:
-    l1: float = 1.0
-    lpips: float = 1.0
-    gan: float = 0.1
-    gan_start: int = 1_000_000  # step at which the discriminator switches on
-    lecam: float = 0.05
-    lecam_decay: float = 0.999
-    disc_ndf: int = 64
-    disc_layers: int = 3
-
-
-@dataclass
-class RunConfig:
-    size: str = "gaussian-debug"
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    out: str = "runs/tokenizer"
-    steps: int = 1000
-    log_every: int = 10
-    image_every: int = 200
-    ckpt_every: int = 200
-    ema_decay: float = 0.999
-    bf16: bool = True  # autocast on CUDA
-    seed: int = 0
-    max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
-    # GaussianToken: train the decoder on continuous geometry for this many steps, then on
-    # the quantised geometry (the tokens). 0: quantised from the start; = steps: the
-    # continuous-geometry ceiling (not a discrete tokenizer).
-    continuous_steps: int = 0
-    compile: bool = False  # torch.compile the tokenizer and the discriminator for training
-
-    def __post_init__(self):
-        if self.size not in REGISTRY:
-            raise ValueError(f"size must be one of {sorted(REGISTRY)}, got {self.size!r}")
-        configlib.require_at_least(self, 1, "steps", "log_every", "image_every", "ckpt_every",
-                                   "max_bad_steps")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1) (0: no EMA), got {self.ema_decay}")
-        if self.continuous_steps < 0:
-            raise ValueError("continuous_steps must be 0 or positive")
-
-
-def resolve_config(path=None, overrides=None, size=None) -> RunConfig:
-    """File + overrides, with the tokenizer table laid over the registry size."""
-    data = configlib.read_toml(path) if path is not None else {}
-    data = configlib.apply_overrides(data, list(overrides or []))
-    if size:
-        data["size"] = size
-    return resolve_table(data)
-
-
-def resolve_table(data: dict) -> RunConfig:
-    """A run config from a nested dict, its tokenizer table laid over the registry size."""
-    data = dict(data)
-    name = data.get("size", RunConfig.size)
-    if name not in REGISTRY:
-        raise configlib.ConfigError(f"size must be one of {sorted(REGISTRY)}, got {name!r}")
-    base = configlib.to_dict(registry_config(name))
-    data["tokenizer"] = configlib.merge_tables(base, data.get("tokenizer", {}))
-    return configlib.from_dict(RunConfig, data)
-
-
-# what a resumed run may change (data.shards may move); anything else makes another run
-RESUMABLE_CHANGES = frozenset({"steps", "log_every", "image_every", "ckpt_every", "out",
-                               "max_bad_steps", "data.shards", "compile"})
-
-
-def check_data(cfg: RunConfig) -> None:
+def check_data(cfg: TokenizerRunConfig) -> None:
     """The training shards exist, are image shards, and may be mirrored if flips are on."""
     if not cfg.data.shards:
         raise configlib.ConfigError("data.shards is not set (an image shard folder)")
@@ -157,9 +68,10 @@ class Trainer(TrainingRun):
     the shared loop (launch.trainer)."""
 
     name = "tokenizer"
-    RESUMABLE_CHANGES = RESUMABLE_CHANGES
+    RESUMABLE_CHANGES = TOKENIZER_RESUMABLE
 
-    def __init__(self, cfg: RunConfig, info: Dist | None = None, lpips=None, progress=True):
+    def __init__(self, cfg: TokenizerRunConfig, info: Dist | None = None, lpips=None,
+                 progress=True):
         super().__init__(cfg, info or init_distributed(), progress)
         self.device = device_for(self.ranks)
         torch.manual_seed(cfg.seed)
@@ -253,8 +165,7 @@ class Trainer(TrainingRun):
         logs, detached 0-dim tensors on the device (float() them to read), or None where
         the loss was not finite on some rank (every rank skips it: no step taken)."""
         cfg, lc = self.cfg, self.cfg.loss
-        lr_scale = warmup_cosine(self.step_num, cfg.optim.warmup_steps, cfg.steps,
-                                 cfg.optim.min_lr_ratio)
+        lr_scale = lr_multiplier(cfg.optim, cfg.steps)(self.step_num)
         for opt in (self.opt_g, self.opt_d):
             for group in opt.param_groups:
                 group["lr"] = cfg.optim.lr * lr_scale
@@ -277,8 +188,9 @@ class Trainer(TrainingRun):
         if not self.guard.finite(loss, self.step_num):  # agreed by every rank
             return None
         loss.backward()
+        clip = cfg.optim.grad_clip or float("inf")  # 0: no clipping (the norm is still logged)
         logs["grad_norm/g"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                             cfg.optim.grad_clip)
+                                                             clip)
         self.opt_g.step()
         if gan_on:
             with self._autocast():
@@ -286,7 +198,7 @@ class Trainer(TrainingRun):
                 d_loss = hinge_d_loss(real, fake) + lc.lecam * self.lecam(real, fake)
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.disc.parameters(), cfg.optim.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.disc.parameters(), clip)
             self.opt_d.step()
             logs["loss/d"] = d_loss
         usage, perplexity = code_usage_tensors(aux["code_counts"])
@@ -329,7 +241,7 @@ def main(argv=None) -> int:
                         help="tokenizer size from the registry (overrides the config's)")
     args = parser.parse_args(argv)
     try:
-        cfg = resolve_config(args.config, overrides(args), args.size)
+        cfg = resolve_tokenizer_config(args.config, overrides(args), args.size)
         check_data(cfg)  # before any model is built or file written
         trainer = Trainer(cfg, progress=not args.quiet)
         result = trainer.run()

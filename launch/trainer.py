@@ -122,6 +122,16 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def lr_multiplier(optim, total_steps: int):
+    """step -> LR multiplier of an ``OptimConfig``: linear warm-up over warmup_steps, then
+    constant, or cosine down to min_lr_ratio at ``total_steps``."""
+    def multiplier(step: int) -> float:
+        if optim.schedule == "constant":
+            return min(1.0, (step + 1) / optim.warmup_steps) if optim.warmup_steps else 1.0
+        return warmup_cosine(step, optim.warmup_steps, total_steps, optim.min_lr_ratio)
+    return multiplier
+
+
 def rng_state() -> dict:
     """Every RNG a step may draw from, as tensors and ints (loadable with weights_only)."""
     np_state = np.random.get_state()  # noqa: NPY002 - we save the legacy global RNG too

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from data import config as configlib
-from launch import train_tokenizer as tok_train
+from launch.run_config import resolve_tokenizer_config
 
 
 @dataclass
@@ -60,10 +60,10 @@ def test_values_are_converted_or_refused_by_field_type():
 ])
 def test_trainer_configs_refuse_bad_values_with_one_line(override, message):
     if message is None:
-        assert tok_train.resolve_config(None, [override]).bf16 is False
+        assert resolve_tokenizer_config(None, [override]).bf16 is False
         return
     with pytest.raises(ValueError, match=message):
-        tok_train.resolve_config(None, [override])
+        resolve_tokenizer_config(None, [override])
 
 
 def test_gpt_trainer_refuses_bad_values_before_any_work(capsys):
@@ -81,7 +81,7 @@ def test_fields_added_since_a_run_count_as_their_defaults():
     """A stage finished before a config field existed is still done (the field's default
     is what it ran with); setting the new field away from its default is a change."""
     from data.config import field_defaults, to_dict, with_added_fields
-    from launch.train_gpt import RunConfig
+    from launch.run_config import GPTRunConfig as RunConfig
 
     defaults = field_defaults(RunConfig)
     assert defaults == to_dict(RunConfig())
@@ -94,3 +94,15 @@ def test_fields_added_since_a_run_count_as_their_defaults():
     assert with_added_fields(old, changed, defaults) != changed
     old["model"]["dropout"] = 0.3  # an existing field that differs still differs
     assert with_added_fields(old, new, defaults) != new
+
+
+def test_a_partial_table_keeps_each_trainers_defaults():
+    """A nested table's missing keys take its class's defaults: each trainer's optim
+    table has its own class, so setting one key keeps the other defaults of that trainer
+    (LlamaGen's constant LR and weight decay for the GPT; the tokenizer's betas)."""
+    from launch.run_config import resolve_gpt_config
+
+    tok = resolve_tokenizer_config(None, ["optim.lr=1e-3"])
+    assert (tok.optim.lr, tok.optim.betas, tok.optim.warmup_steps) == (1e-3, (0.5, 0.9), 100)
+    gpt = resolve_gpt_config(None, ["optim.lr=1e-3"])
+    assert (gpt.optim.lr, gpt.optim.weight_decay, gpt.optim.schedule) == (1e-3, 0.05, "constant")

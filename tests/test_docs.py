@@ -48,9 +48,9 @@ def test_the_check_finds_a_missing_path_and_command():
 
 
 def test_standalone_imagenet_configs_are_the_pipeline_tables():
-    from launch.train_gpt import resolve_config as gpt_config
-    from launch.train_tokenizer import resolve_config as tokenizer_config
-    from launch.train_tokenizer import resolve_table
+    from launch.run_config import resolve_gpt_config as gpt_config
+    from launch.run_config import resolve_tokenizer_config as tokenizer_config
+    from launch.run_config import resolve_tokenizer_table as resolve_table
 
     pipeline = tomllib.loads((ROOT / "launch/configs/imagenet-gpt-b.toml").read_text())
     configs = ROOT / "launch" / "configs"

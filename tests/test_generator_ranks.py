@@ -16,7 +16,8 @@ from data.files import load_checkpoint
 from data.stream import read_manifest
 from data.tokens import FORMAT_TAG
 from generator.model import GPT
-from launch.train_gpt import Trainer, build_gpt_config, resolve_config
+from launch.run_config import resolve_gpt_config as resolve_config
+from launch.train_gpt import Trainer, build_gpt_config
 from tests.token_helpers import make_token_set
 
 pytestmark = pytest.mark.slow  # two torchrun launches, about 35 s each

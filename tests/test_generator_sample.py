@@ -9,11 +9,11 @@ import torch
 from data.build_shards import BuildSettings, build_shards
 from data.tokens import finalize_token_shards, write_token_shards
 from generator import sample, sample_fid
+from launch.run_config import resolve_gpt_config as gpt_config
+from launch.run_config import resolve_tokenizer_config as tok_config
 from launch.train_gpt import Trainer as GPTTrainer
-from launch.train_gpt import resolve_config as gpt_config
 from launch.train_tokenizer import Trainer as TokTrainer
 from launch.train_tokenizer import export_weights
-from launch.train_tokenizer import resolve_config as tok_config
 from tokenizer.build import load_tokenizer
 
 pytestmark = pytest.mark.slow  # end-to-end: tens of seconds; -m 'not slow' skips

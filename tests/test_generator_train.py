@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from launch.train_gpt import Trainer, main, resolve_config
+from launch.run_config import resolve_gpt_config as resolve_config
+from launch.train_gpt import Trainer, main
 from tests.token_helpers import make_token_set
 
 pytestmark = pytest.mark.slow  # end-to-end: tens of seconds; -m 'not slow' skips

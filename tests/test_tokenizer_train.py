@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from data import config as configlib
-from launch.train_tokenizer import NonFiniteLoss, Trainer, main, resolve_config
+from launch.run_config import resolve_tokenizer_config as resolve_config
+from launch.train_tokenizer import NonFiniteLoss, Trainer, main
 
 
 def _cfg(tmp_path, digits, name="run", size="gaussian-debug", **sets):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from launch.train_tokenizer import Trainer, resolve_config
+from launch.run_config import resolve_tokenizer_config as resolve_config
+from launch.train_tokenizer import Trainer
 
 BAD = (2, 3)
 
