@@ -14,7 +14,6 @@ comparable with published ADM-evaluator numbers; metrics the weights cannot give
 listed as unavailable with the reason. Every input problem is one line and exit 2.
 """
 
-import json
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from data.cli import one_line_parser, positive_int, require_parent_dir
+from data.files import atomic_write_json
 from eval.evaluator import GENERATION_METRICS, GenerationEvaluator, Reference, extract
 from eval.frechet import METHODS
 from eval.inception import ADM_RESIZE, RESIZES, InceptionFeatures
@@ -102,6 +102,45 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
+def evaluate(samples, ref, metrics=GENERATION_METRICS, *, batch_size: int = 50,
+             resize: str = ADM_RESIZE, inception=None, download: bool = True,
+             fid_method: str = "eig", device: str = "cpu", use_cache: bool = True,
+             progress: bool = True) -> dict:
+    """The generation metrics of ``samples`` against ``ref`` (paths: .npz, image folder or
+    shard folder; ``ref`` also an ADM reference batch) as the result dict eval.fid writes,
+    with ``warnings`` (what makes it incomparable with the reference's published rows).
+    Bad input: ImageSetError / WeightsUnavailable / ValueError, one line each."""
+    metrics = list(metrics)
+    unknown = sorted(set(metrics) - set(GENERATION_METRICS))
+    if unknown or not metrics:
+        raise ValueError(f"--metrics: unknown {unknown or 'empty list'}; choose from "
+                         f"{','.join(GENERATION_METRICS)}")
+    dev = check_device(device)
+    sample_set = open_set(samples)
+    if not sample_set.has_images:
+        raise ImageSetError(f"{samples}: holds statistics only; samples need images")
+    if sample_set.count < 2:
+        raise ImageSetError(f"{samples}: holds {sample_set.count} image; the metrics "
+                            "need 2 or more")
+    ref_set = open_set(ref)
+    weights = resolve_inception(inception, download=download)
+    extractor = InceptionFeatures(weights, resize).to(dev)
+    reference = load_reference(ref_set, extractor, batch_size, use_cache, progress, metrics)
+    evaluator = GenerationEvaluator(extractor, reference, metrics, batch_size, progress)
+    evaluator.update(sample_set)
+    result = evaluator.result(fid_method)
+    result["samples"] = str(Path(samples).resolve())
+    result["skipped"] = {"samples": sample_set.skipped, "reference": ref_set.skipped}
+    if sample_set.settings:  # labels, guidance, precision, uint8 and eval-size conventions
+        result["sample_settings"] = sample_set.settings
+    problems = comparability_problems(result)
+    result["adm_comparable"], result["not_comparable_because"] = not problems, problems
+    result["warnings"] = ([f"the reference holds ADM statistics but this result is not "
+                           f"comparable with them: {'; '.join(problems)}"]
+                          if ref_set.stats and problems else [])
+    return result
+
+
 def main(argv=None) -> int:
     parser = one_line_parser(prog="python -m eval.fid", description=__doc__)
     parser.add_argument("samples", help="samples: .npz (arr_0), image folder or shard folder")
@@ -129,42 +168,20 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     try:
-        unknown = sorted(set(metrics) - set(GENERATION_METRICS))
-        if unknown or not metrics:
-            raise ValueError(f"--metrics: unknown {unknown or 'empty list'}; choose from "
-                             f"{','.join(GENERATION_METRICS)}")
         require_parent_dir(args.json, "--json")
-        device = check_device(args.device)
-        samples = open_set(args.samples)
-        if not samples.has_images:
-            raise ImageSetError(f"{args.samples}: holds statistics only; samples need images")
-        if samples.count < 2:
-            raise ImageSetError(f"{args.samples}: holds {samples.count} image; the metrics "
-                                "need 2 or more")
-        ref = open_set(args.ref)
-        weights = resolve_inception(args.inception, download=not args.no_download)
-        extractor = InceptionFeatures(weights, args.resize).to(device)
-        reference = load_reference(ref, extractor, args.batch_size, not args.no_cache,
-                                   not args.quiet, metrics)
-        evaluator = GenerationEvaluator(extractor, reference, metrics, args.batch_size,
-                                        not args.quiet)
-        evaluator.update(samples)
-        result = evaluator.result(args.fid_method)
+        result = evaluate(args.samples, args.ref, metrics, batch_size=args.batch_size,
+                          resize=args.resize, inception=args.inception,
+                          download=not args.no_download, fid_method=args.fid_method,
+                          device=args.device, use_cache=not args.no_cache,
+                          progress=not args.quiet)
     except (ImageSetError, WeightsUnavailable, ValueError) as err:
         print(f"eval.fid: {err}", file=sys.stderr)
         return 2
-    result["samples"] = str(Path(args.samples).resolve())
-    result["skipped"] = {"samples": samples.skipped, "reference": ref.skipped}
-    if samples.settings:  # labels, guidance, precision, uint8 and eval-size conventions
-        result["sample_settings"] = samples.settings
-    problems = comparability_problems(result)
-    result["adm_comparable"], result["not_comparable_because"] = not problems, problems
-    if ref.stats and problems:
-        print(f"eval.fid: warning: the reference holds ADM statistics but this result is not "
-              f"comparable with them: {'; '.join(problems)}", file=sys.stderr)
+    for warning in result["warnings"]:
+        print(f"eval.fid: warning: {warning}", file=sys.stderr)
     print(format_table(result))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        atomic_write_json(args.json, result, sort_keys=False)
     return 0
 
 

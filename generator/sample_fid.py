@@ -22,6 +22,7 @@ finds OUT done, one with other settings into the same OUT is refused.
 """
 
 import argparse
+import io
 import json
 import shutil
 import sys
@@ -34,17 +35,17 @@ from tqdm import tqdm
 from data.cli import positive_int
 from data.files import atomic_write_bytes, file_sha1
 from data.ranks import init_distributed
-from generator.sample import (
-    ORDERS,
+from generator.sample import add_sampling_args, settings_from_args
+from generator.samples import BATCH_SEED_STRIDE as CHUNK_SEED_STRIDE
+from generator.samples import (
+    LABEL_SEED_STRIDE,
     UINT8,
     SampleError,
-    add_sampling_args,
+    SamplingSettings,
     cast_for_sampling,
-    check_sampling_args,
     load_gpt,
     load_matching_tokenizer,
     sample_images,
-    sampling_kwargs,
 )
 
 
@@ -52,8 +53,71 @@ def chunk_labels(k: int, batch: int, num: int, num_classes: int, random: bool, s
     idx = torch.arange(k * batch, min(num, (k + 1) * batch))
     if random:
         return torch.randint(0, num_classes, (len(idx),),
-                             generator=torch.Generator().manual_seed(seed * 7919 + k))
+                             generator=torch.Generator().manual_seed(seed * LABEL_SEED_STRIDE + k))
     return idx % num_classes
+
+
+def sample_for_fid(ckpt, num: int, out: Path, settings: SamplingSettings, *, tokenizer=None,
+                   random_labels: bool = False, uint8: str = "round",
+                   eval_size: int | None = None, progress: bool = True) -> str:
+    """Write ``num`` samples to ``out`` (.npz), resumable, on every rank of the run (each
+    makes its chunks; rank 0 packs them); returns what happened. Bad input: SampleError
+    (or another ValueError naming the file), raised before any sampling."""
+    out = Path(out)
+    info = init_distributed()
+    device = f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu"
+    parts = out.with_name(out.name + ".parts")
+    if num < 1:
+        raise SampleError(f"--num must be positive, got {num}")
+    if uint8 not in UINT8:
+        raise SampleError(f"--uint8 must be one of {UINT8}, got {uint8!r}")
+    model, meta = load_gpt(ckpt, device)
+    settings.check(model.cfg)
+    tok = load_matching_tokenizer(meta, tokenizer, device)
+    cast_for_sampling(model, settings.precision)
+    recorded_settings = {
+        "ckpt_sha1": file_sha1(ckpt), "num": num,
+        "labels": "random (uniform)" if random_labels else "balanced",
+        "seed": settings.seed, "batch_size": settings.batch_size,
+        "precision": settings.precision, "uint8": uint8, "eval_size": eval_size,
+        **settings.generate_kwargs()}
+    recorded = parts / "settings.json"
+    finished = _recorded_settings(out)
+    if finished is not None or recorded.exists():
+        found = finished if finished is not None else json.loads(recorded.read_text())
+        if found != recorded_settings:
+            where = out if finished is not None else parts
+            raise SampleError(f"{where} holds samples made with other settings; choose "
+                              "another --out or delete it")
+        if finished is not None:
+            return f"{out} already holds these {num} samples"
+    if info.main:
+        parts.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(recorded, json.dumps(recorded_settings, indent=1).encode())
+    if info.world_size > 1:
+        torch.distributed.barrier()
+    batch = settings.batch_size
+    chunks = range(info.rank, (num + batch - 1) // batch, info.world_size)
+    todo = [k for k in chunks if not (parts / f"chunk-{k:06d}.npz").exists()]
+    for k in tqdm(todo, desc=f"samples (rank {info.rank})", disable=not (progress and info.main)):
+        labels = chunk_labels(k, batch, num, model.cfg.num_classes, random_labels,
+                              settings.seed).to(device)
+        images = sample_images(model, tok, labels, batch_size=batch,
+                               seed=settings.seed * CHUNK_SEED_STRIDE + k, uint8=uint8,
+                               eval_size=eval_size, **settings.generate_kwargs())
+        buf = io.BytesIO()
+        np.savez(buf, images=images.numpy(), labels=labels.cpu().numpy())
+        atomic_write_bytes(parts / f"chunk-{k:06d}.npz", buf.getvalue())
+    if info.world_size > 1:
+        torch.distributed.barrier()
+    if not info.main:
+        return ""
+    images, labels = _pack(sorted(parts.glob("chunk-*.npz")), num)
+    tmp = out.with_name(out.name + ".tmp.npz")
+    np.savez(tmp, arr_0=images, arr_1=labels, settings=np.array(json.dumps(recorded_settings)))
+    tmp.replace(out)
+    shutil.rmtree(parts)
+    return f"wrote {len(images)} samples {list(images.shape[1:])} to {out}"
 
 
 def main(argv=None) -> int:
@@ -74,63 +138,16 @@ def main(argv=None) -> int:
                              "(LlamaGen's 384 px models are evaluated at 256); default: as decoded")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    info = init_distributed()
-    device = f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu"
-    parts = args.out.with_name(args.out.name + ".parts")
     try:
-        if args.num < 1:
-            raise SampleError(f"--num must be positive, got {args.num}")
-        model, meta = load_gpt(args.ckpt, device)
-        check_sampling_args(args.cfg, args.top_k, args.top_p, args.temperature,
-                            model.cfg.vocab_sizes, args.guide, ORDERS[args.order], model.cfg)
-        tokenizer = load_matching_tokenizer(meta, args.tokenizer, device)
-        cast_for_sampling(model, args.precision)
+        message = sample_for_fid(args.ckpt, args.num, args.out, settings_from_args(args),
+                                 tokenizer=args.tokenizer, random_labels=args.random_labels,
+                                 uint8=args.uint8, eval_size=args.eval_size,
+                                 progress=not args.quiet)
     except (ValueError, FileNotFoundError) as err:  # SampleError, WeightsError, ...
         print(f"generator.sample_fid: {err}", file=sys.stderr)
         return 2
-    settings = {"ckpt_sha1": file_sha1(args.ckpt), "num": args.num,
-                "labels": "random (uniform)" if args.random_labels else "balanced",
-                "seed": args.seed, "batch_size": args.batch_size, "precision": args.precision,
-                "uint8": args.uint8, "eval_size": args.eval_size, **sampling_kwargs(args)}
-    recorded = parts / "settings.json"
-    finished = _recorded_settings(args.out)
-    if finished is not None or recorded.exists():
-        found = finished if finished is not None else json.loads(recorded.read_text())
-        if found != settings:
-            where = args.out if finished is not None else parts
-            print(f"generator.sample_fid: {where} holds samples made with other settings; "
-                  "choose another --out or delete it", file=sys.stderr)
-            return 2
-        if finished is not None:
-            if info.main:
-                print(f"{args.out} already holds these {args.num} samples")
-            return 0
-    if info.main:
-        parts.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(recorded, json.dumps(settings, indent=1).encode())
-    if info.world_size > 1:
-        torch.distributed.barrier()
-    chunks = range(info.rank, (args.num + args.batch_size - 1) // args.batch_size, info.world_size)
-    todo = [k for k in chunks if not (parts / f"chunk-{k:06d}.npz").exists()]
-    for k in tqdm(todo, desc=f"samples (rank {info.rank})", disable=args.quiet or not info.main):
-        labels = chunk_labels(k, args.batch_size, args.num, model.cfg.num_classes,
-                              args.random_labels, args.seed).to(device)
-        images = sample_images(model, tokenizer, labels, batch_size=args.batch_size,
-                               seed=args.seed * 1_000_003 + k, uint8=args.uint8,
-                               eval_size=args.eval_size, **sampling_kwargs(args))
-        import io
-        buf = io.BytesIO()
-        np.savez(buf, images=images.numpy(), labels=labels.cpu().numpy())
-        atomic_write_bytes(parts / f"chunk-{k:06d}.npz", buf.getvalue())
-    if info.world_size > 1:
-        torch.distributed.barrier()
-    if info.main:
-        images, labels = _pack(sorted(parts.glob("chunk-*.npz")), args.num)
-        tmp = args.out.with_name(args.out.name + ".tmp.npz")
-        np.savez(tmp, arr_0=images, arr_1=labels, settings=np.array(json.dumps(settings)))
-        tmp.replace(args.out)
-        shutil.rmtree(parts)
-        print(f"wrote {len(images)} samples {list(images.shape[1:])} to {args.out}")
+    if message:
+        print(message)
     return 0
 
 

@@ -32,12 +32,15 @@ from data import builtin
 from data import config as configlib
 from data.build_shards import BuildSettings, build_shards
 from data.builtin import mirror_refusal
-from data.files import atomic_write_bytes, atomic_write_json
+from data.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from data.ranks import env_rank_world
 from data.stream import read_manifest
 from data.tokens import FORMAT_TAG, finalize_token_shards, write_token_shards
 from eval import fid, leaderboard
-from generator import sample, sample_fid
+from eval.sets import ImageSetError
+from eval.weights import WeightsUnavailable
+from generator import sample, sample_fid, samples
+from generator.samples import SamplingSettings
 from launch import run_config, train_gpt, train_tokenizer
 from tokenizer.build import load_tokenizer
 
@@ -278,25 +281,25 @@ class Pipeline:
             return self.log("sample: done")
         out = self.dir("sample")
         out.mkdir(parents=True, exist_ok=True)
-        ckpt = str(self.dir("gpt") / "gpt.safetensors")
-        common = ["--cfg", str(s.cfg), "--schedule", s.schedule, "--guide", s.guide,
-                  "--order", s.order, "--temperature",
-                  str(s.temperature), "--top-k", str(s.top_k), "--top-p", str(s.top_p),
-                  "--seed", str(s.seed), "--batch-size", str(s.batch_size)]
-        if self.rank == 0:
-            model, _ = sample.load_gpt(ckpt)
-            classes = s.grid_classes or ",".join(str(c) for c in
-                                                 range(min(20, model.cfg.num_classes)))
-            self.log(f"sample: grid of classes {classes}")
-            if sample.main(["--ckpt", ckpt, "--classes", classes, "--per-class",
-                            str(s.per_class), "--zoom", "2", "--out", str(out / "grid.png"),
-                            *common]) != 0:
-                raise StageError("sampling the grid failed (see the message above)")
-        self.log(f"sample: {num} samples for FID")
-        if sample_fid.main(["--ckpt", ckpt, "--num", str(num), "--out",
-                            str(out / "samples.npz"), *common]
-                           + ([] if self.progress else ["--quiet"])) != 0:
-            raise StageError("sampling for FID failed (see the message above)")
+        ckpt = self.dir("gpt") / "gpt.safetensors"
+        settings = SamplingSettings(cfg=s.cfg, schedule=s.schedule, guide=s.guide,
+                                    order=s.order, temperature=s.temperature, top_k=s.top_k,
+                                    top_p=s.top_p, seed=s.seed, batch_size=s.batch_size)
+        try:
+            if self.rank == 0:
+                model, _ = samples.load_gpt(ckpt)
+                classes = s.grid_classes or ",".join(str(c) for c in
+                                                     range(min(20, model.cfg.num_classes)))
+                self.log(f"sample: grid of classes {classes}")
+                self.log("sample: " + sample.sample_grid(ckpt, classes, s.per_class,
+                                                         out / "grid.png", settings, zoom=2))
+            self.log(f"sample: {num} samples for FID")
+            done = sample_fid.sample_for_fid(ckpt, num, out / "samples.npz", settings,
+                                             progress=self.progress)
+            if done:
+                self.log(f"sample: {done}")
+        except (ValueError, FileNotFoundError) as err:  # SampleError, WeightsError, ...
+            raise StageError(f"sample: {err}") from err
         self.finish("sample", record)
 
     def _heldout_count(self) -> int:
@@ -319,15 +322,21 @@ class Pipeline:
         out = self.dir("eval")
         out.mkdir(parents=True, exist_ok=True)
         self.log(f"eval: {e.metrics} of samples against {ref}")
-        args = [str(self.dir("sample") / "samples.npz"), ref, "--metrics", e.metrics,
-                "--json", str(out / "result.json")] + ([] if self.progress else ["--quiet"])
-        if fid.main(args) != 0:
-            raise StageError("evaluation failed (see the message above)")
-        result = json.loads((out / "result.json").read_text())
+        metrics = [m.strip() for m in e.metrics.split(",") if m.strip()]
+        try:
+            result = fid.evaluate(self.dir("sample") / "samples.npz", ref, metrics,
+                                  progress=self.progress)
+        except (ImageSetError, WeightsUnavailable, ValueError) as err:
+            raise StageError(f"eval: {err}") from err
+        for warning in result["warnings"]:
+            self.log(f"eval: warning: {warning}")
         size = samples["inputs"]["gpt"]["config"]["size"]
         result["model"] = e.name or f"GPT-{size} on {self.out.name}"
-        (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
-        leaderboard.main([str(out / "result.json"), "--out", str(out / "leaderboard.md")])
+        atomic_write_json(out / "result.json", result, sort_keys=False)
+        print(fid.format_table(result))
+        table = leaderboard.render([("result", leaderboard.check_result(result))])
+        print(table)
+        atomic_write_text(out / "leaderboard.md", table + "\n")
         self.finish("eval", record)
 
     def check_configs(self) -> None:

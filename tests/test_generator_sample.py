@@ -8,7 +8,7 @@ import torch
 
 from data.build_shards import BuildSettings, build_shards
 from data.tokens import finalize_token_shards, write_token_shards
-from generator import sample, sample_fid
+from generator import sample, sample_fid, samples
 from launch.run_config import resolve_gpt_config as gpt_config
 from launch.run_config import resolve_tokenizer_config as tok_config
 from launch.train_gpt import Trainer as GPTTrainer
@@ -50,11 +50,11 @@ def test_grid_sampling_is_seeded_and_labelled(chain, tmp_path):
     from PIL import Image
     a, b = np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png"))
     assert np.array_equal(a, b) and a.shape[0] == 2 * (32 + 2)  # two rows of 32 px tiles
-    model, meta = sample.load_gpt(ckpt)
-    tok = sample.load_matching_tokenizer(meta)
+    model, meta = samples.load_gpt(ckpt)
+    tok = samples.load_matching_tokenizer(meta)
     labels = torch.tensor([3, 3, 7])
-    x1 = sample.sample_images(model, tok, labels, seed=5, cfg_scale=2.0)
-    x2 = sample.sample_images(model, tok, labels, seed=5, cfg_scale=2.0)
+    x1 = samples.sample_images(model, tok, labels, seed=5, cfg_scale=2.0)
+    x2 = samples.sample_images(model, tok, labels, seed=5, cfg_scale=2.0)
     assert torch.equal(x1, x2) and x1.dtype == torch.uint8 and x1.shape == (3, 32, 32, 3)
 
 
@@ -79,9 +79,9 @@ def test_a_different_tokenizer_is_refused(chain, tmp_path):
     from safetensors.torch import save_file
     save_file(other.state_dict(), str(tmp_path / "other.safetensors"))
     (tmp_path / "other.json").write_text((root / "tok.json").read_text())
-    _, meta = sample.load_gpt(ckpt)
-    with pytest.raises(sample.SampleError, match="is not the one the GPT was trained on"):
-        sample.load_matching_tokenizer(meta, tmp_path / "other.safetensors")
+    _, meta = samples.load_gpt(ckpt)
+    with pytest.raises(samples.SampleError, match="is not the one the GPT was trained on"):
+        samples.load_matching_tokenizer(meta, tmp_path / "other.safetensors")
 
 
 def test_fid_samples_are_balanced_resumable_and_readable(chain, tmp_path, monkeypatch,

@@ -11,7 +11,7 @@ import torch
 import generator.model as gm
 from generator.config import SIZES
 from generator.model import GPT, count_parameters
-from generator.sample import load_gpt
+from generator.samples import load_gpt
 from launch import import_llamagen
 from launch.llamagen_keys import gpt_key, infer_gpt, infer_vq, rename, vq_key
 from launch.llamagen_keys import vq_state as our_vq_state
@@ -272,7 +272,7 @@ def test_vq16_layout_is_vq_imagenet():
 
 
 def test_uint8_conventions_against_numpy():
-    from generator.sample import images_to_uint8
+    from generator.samples import images_to_uint8
 
     x = torch.cat([torch.tensor([-1.2, -1.0, 0.0, 1.0, 1.3]),
                    torch.rand(1000, generator=torch.Generator().manual_seed(0)) * 2.2 - 1.1])
@@ -287,7 +287,7 @@ def test_uint8_conventions_against_numpy():
 def test_llamagen_sampling_options_are_applied_and_recorded(tmp_path, states):
     from eval.sets import open_set
     from generator import sample_fid
-    from generator.sample import cast_for_sampling
+    from generator.samples import cast_for_sampling
 
     rc, out = _import(tmp_path, *_write(tmp_path, states))
     assert rc == 0

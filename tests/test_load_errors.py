@@ -12,7 +12,7 @@ import torch
 
 from data import config as configlib
 from data.files import WeightsError, save_checkpoint, save_weights
-from generator import sample
+from generator import sample, samples
 from generator.config import gpt_config
 from generator.model import GPT
 from tokenizer.build import build_tokenizer, load_tokenizer
@@ -91,7 +91,7 @@ def test_gpt_weights_that_do_not_fit_name_the_tensors(gpt_files, tmp_path):
     with pytest.raises(WeightsError, match=r"1 missing, e\.g\. norm\.weight; 1 unexpected, "
                                            r"e\.g\. extra\.weight; 1 mis-shaped, e\.g\. "
                                            r"heads\.outs\.0\.weight \(3, 3\) vs \(8, 64\)"):
-        sample.load_gpt(path)
+        samples.load_gpt(path)
 
 
 @pytest.mark.parametrize(("name", "data", "pattern"), [
