@@ -12,12 +12,10 @@ from tqdm import tqdm
 
 from eval.frechet import frechet_distance, statistics
 from eval.inception import InceptionFeatures
-from eval.prdc import DEFAULT_K, precision_recall
+from eval.metrics import GENERATION_METRICS, IS_SPLIT_SIZE, METRICS, Context, Unavailable
 from eval.recon import check_convention, psnr, ssim, to_unit
 from eval.sets import ImageSet
 
-GENERATION_METRICS = ("fid", "sfid", "is", "prec", "recall")
-IS_SPLIT_SIZE = 5000
 IS_CONVENTION = ("ADM: softmax of pool3 x classifier weight (no bias), "
                  f"mean over consecutive splits of {IS_SPLIT_SIZE} samples")
 
@@ -40,21 +38,6 @@ def extract(extractor: InceptionFeatures, images, batch_size: int = 50,
     if not parts:
         raise ValueError(f"{desc}: no images could be read")
     return {k: np.concatenate(v) for k, v in parts.items()}
-
-
-def inception_score(logits: np.ndarray, split_size: int = IS_SPLIT_SIZE) -> tuple[float, float]:
-    """exp(E_x KL(p(y|x) || p(y))) as the ADM evaluator computes it: over consecutive
-    splits of ``split_size`` samples (the last may be shorter), mean and std of the
-    split scores. ADM reports the mean only; at 50k samples that is 10 splits, at 10k
-    it is 2 (not 10 splits of 1k, which reads lower: p(y) over fewer samples)."""
-    logits = torch.as_tensor(logits, dtype=torch.float64)
-    log_p = torch.log_softmax(logits, dim=1)
-    scores = []
-    for part in torch.split(log_p, split_size):
-        log_py = torch.log(part.exp().mean(0, keepdim=True))
-        kl = (part.exp() * (part - log_py)).sum(1).mean()
-        scores.append(torch.exp(kl).item())
-    return float(np.mean(scores)), float(np.std(scores))
 
 
 class Reference:
@@ -94,34 +77,13 @@ class GenerationEvaluator:
         if not feats:
             raise ValueError("no samples were given to the evaluator")
         ref, out, unavailable = self.reference, {}, {}
-        if "fid" in self.metrics:
-            mu, sigma = statistics(feats["pool"])
-            out["fid"] = frechet_distance(mu, sigma, ref.stats["mu"], ref.stats["sigma"],
-                                          fid_method)
-        if "sfid" in self.metrics:
-            if "mu_s" in ref.stats:
-                mu, sigma = statistics(feats["spatial"])
-                out["sfid"] = frechet_distance(mu, sigma, ref.stats["mu_s"], ref.stats["sigma_s"],
-                                               fid_method)
-            else:
-                unavailable["sfid"] = "the reference has no spatial statistics (mu_s, sigma_s)"
-        if "is" in self.metrics:
-            if "logits" in feats:
-                out["is"], out["is_std"] = inception_score(feats["logits"])
-            else:
-                unavailable["is"] = (
-                    f"the Inception weights in use ({self.extractor.weights.source}) have no "
-                    "classifier head; set GTGEN_INCEPTION_WEIGHTS to NVIDIA's "
-                    "inception-2015-12-05.pt or allow its download")
-        if {"prec", "recall"} & set(self.metrics):
-            if ref.pool is not None:
-                prec, rec = precision_recall(ref.pool, feats["pool"], DEFAULT_K,
-                                             device=self.extractor.device)
-                out.update({k: v for k, v in (("prec", prec), ("recall", rec))
-                            if k in self.metrics})
-            else:
-                for k in {"prec", "recall"} & set(self.metrics):
-                    unavailable[k] = "the reference holds statistics only, no images to embed"
+        context = Context(feats, ref, fid_method, self.extractor.device,
+                          self.extractor.weights.source, {})
+        for name in self.metrics:
+            try:
+                out.update(METRICS[name].compute(context))
+            except Unavailable as why:
+                unavailable[name] = str(why)
         return {
             "metrics": out,
             "unavailable": unavailable,

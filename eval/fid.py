@@ -22,24 +22,17 @@ import torch
 
 from data.cli import one_line_parser, positive_int, require_parent_dir
 from data.files import atomic_write_json
-from eval.evaluator import GENERATION_METRICS, GenerationEvaluator, Reference, extract
+from eval.evaluator import GenerationEvaluator, Reference, extract
 from eval.frechet import METHODS
 from eval.inception import ADM_RESIZE, RESIZES, InceptionFeatures
 from eval.leaderboard import comparability_problems
+from eval.metrics import GENERATION_METRICS, METRICS, reference_needs_images
 from eval.sets import ImageSet, ImageSetError, fingerprint, open_set
 from eval.weights import WeightsUnavailable, resolve_inception
 
 CACHE = Path.home() / ".cache" / "gtgen" / "reference"
 # bump when the features change meaning (v2: sFID in ADM's (row, column, channel) order)
 FEATURES_VERSION = "v2"
-
-
-def reference_needs_images(stats: dict, metrics) -> bool:
-    """Whether the requested metrics need the reference's images embedded, or its
-    stored statistics suffice (FID: mu/sigma, sFID: mu_s/sigma_s; P/R always embed)."""
-    metrics = set(metrics)
-    return bool(metrics & {"prec", "recall"}) or ("fid" in metrics and "mu" not in stats) \
-        or ("sfid" in metrics and "mu_s" not in stats)
 
 
 def load_reference(path, extractor: InceptionFeatures, batch_size: int, use_cache: bool = True,
@@ -69,9 +62,8 @@ def load_reference(path, extractor: InceptionFeatures, batch_size: int, use_cach
 
 
 def format_table(result: dict) -> str:
-    names = {"fid": "FID", "sfid": "sFID", "is": "IS", "prec": "Precision", "recall": "Recall"}
     lines = ["| metric | value |", "|---|---|"]
-    for key, label in names.items():
+    for key, label in ((m.name, m.label) for m in METRICS.values()):
         if key in result["metrics"]:
             value = result["metrics"][key]
             extra = f" ± {result['metrics']['is_std']:.2f}" if key == "is" else ""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from data.cli import one_line_parser, require_parent_dir
 from eval.inception import ADM_RESIZE
+from eval.metrics import METRICS
 from eval.weights import is_known_inception
 
 ADM_REF = "ADM VIRTUAL_imagenet256_labeled.npz"
@@ -115,24 +116,28 @@ def _versus(result: dict, published: dict) -> str:
 
 def render(results: list[tuple[str, dict]]) -> str:
     published = {row[0]: row[1] for row in PUBLISHED}
-    lines = ["| model | gFID | sFID | IS | Prec | Rec | samples | params | tokens | reference "
+    columns = " | ".join(m.column for m in METRICS.values())
+    lines = [f"| model | {columns} | samples | params | tokens | reference "
              "| weights | comparable | vs published |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|" + "---|" * len(METRICS) + "---|---|---|---|---|---|---|"]
     for name, r in results:
         m = r["metrics"]
         w = r.get("weights", {})
         problems = comparability_problems(r)
         comparable = "yes" if not problems else "no: " + "; ".join(problems)
+        values = " | ".join(_fmt(m.get(k), metric.digits) for k, metric in METRICS.items())
         lines.append(
-            f"| **{r.get('model', name)}** (ours) | {_fmt(m.get('fid'))} | {_fmt(m.get('sfid'))} "
-            f"| {_fmt(m.get('is'), 1)} | {_fmt(m.get('prec'))} | {_fmt(m.get('recall'))} "
+            f"| **{r.get('model', name)}** (ours) | {values} "
             f"| {r.get('num_samples', '?')} | {r.get('params', '-')} | {r.get('tokens', '-')} "
             f"| {r['reference']} | {w.get('source', '?')} sha1 {str(w.get('sha1', '?'))[:12]}, "
             f"{r.get('resize', '?')} | {comparable} | {_versus(r, published)} |")
     for model, fid, is_, p, rec, params, tokens, note in PUBLISHED:
         label = f"{model} ({note})" if note else model
-        lines.append(f"| {label} | {_fmt(fid)} | - | {_fmt(is_, 1)} | {_fmt(p)} | {_fmt(rec)} "
-                     f"| 50000 | {params} | {tokens} | {ADM_REF} | {ADM_WEIGHTS} | published | - |")
+        published_values = {"fid": fid, "is": is_, "prec": p, "recall": rec}
+        values = " | ".join(_fmt(published_values.get(k), metric.digits)
+                            for k, metric in METRICS.items())
+        lines.append(f"| {label} | {values} | 50000 | {params} | {tokens} | {ADM_REF} "
+                     f"| {ADM_WEIGHTS} | published | - |")
     lines += ["", "| tokenizer | rFID | tokens | reference |", "|---|---|---|---|"]
     lines += [f"| {n} | {_fmt(v)} | {t} | {ref} |" for n, v, t, ref in PUBLISHED_RFID]
     lines += ["", "IS as the ADM evaluator computes it (classifier weight without bias, splits "

@@ -20,6 +20,7 @@ from eval.fid import FEATURES_VERSION, load_reference
 from eval.frechet import frechet_distance, statistics
 from eval.inception import InceptionFeatures
 from eval.lpips import LPIPS
+from eval.metrics import METRICS
 from eval.sets import load_shard_images
 from eval.weights import resolve_inception, resolve_vgg16
 from tokenizer.build import load_tokenizer
@@ -114,7 +115,9 @@ def generation_numbers(run: Path, gpt_dir: Path, sample_dir: Path, eval_dir: Pat
             "sample": sample_cfg, "weights": metrics["weights"], "resize": metrics["resize"]}
 
 
-MEASURES = ("fid", "sfid", "prec", "recall", "accuracy_generated")
+REPORTED = ("fid", "sfid", "prec", "recall")  # of eval.metrics.METRICS (IS: no classifier
+# for digits); plus the project classifier's accuracy on the samples
+MEASURES = (*REPORTED, "accuracy_generated")
 
 
 def over_seeds(per_seed: list[dict]) -> dict:
@@ -223,9 +226,8 @@ def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Pat
     row(f"FID generated ({n}) vs held-out ({len(heldout[0])})", [_m(rows[k], "fid")
                                                                  for k in names])
     row("FID / floor", [_gen_cells(rows[k], floor)[1] for k in names])
-    row("sFID", [_m(rows[k], "sfid") for k in names])
-    row("precision", [_m(rows[k], "prec", ".3f") for k in names])
-    row("recall", [_m(rows[k], "recall", ".3f") for k in names])
+    for key, fmt in (("sfid", ".2f"), ("prec", ".3f"), ("recall", ".3f")):
+        row(METRICS[key].label, [_m(rows[k], key, fmt) for k in names])
     row("class accuracy of generated samples",
         [_m(rows[k], "accuracy_generated", ".1f", 100, "%") for k in names])
     row("time, all stages (first seed)", [f"{sum(timings.get(k, {}).values()) / 60:.1f} min"

@@ -10,9 +10,10 @@ from skimage.metrics import structural_similarity
 
 from data.files import file_sha1
 from eval import fid
-from eval.evaluator import extract, inception_score
+from eval.evaluator import extract
 from eval.frechet import frechet_distance, statistics
 from eval.inception import ADM_RESIZE, InceptionFeatures, head_logits, tf1_resize_bilinear
+from eval.metrics import inception_score
 from eval.prdc import precision_recall
 from eval.recon import ssim
 from eval.sets import ImageSetError, open_set
