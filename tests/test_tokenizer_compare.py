@@ -25,7 +25,7 @@ flip = false
 lpips = 0.0
 [variants.vq]
 size = "vq-debug"
-tokenizer = { encoder = { ch_mult = [1, 2, 2] }, token_grid = 4, vq_rounds = 2 }
+tokenizer = { encoder = { ch_mult = [1, 2, 2] }, vq = { grid = 4, rounds = 2 } }
 [variants.grid-pinned]
 tokenizer = { gaussian = { layout = "grid", moves = "frozen" } }
 [variants.ceiling]

@@ -224,3 +224,54 @@ def test_taming_vq_trains_with_its_codebook_on_the_sphere():
     assert model.quant_conv.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="taming"):  # LlamaGen's trunk is for the VQ only
         TokenizerConfig(kind="gaussian", image_size=32, encoder=cfg.encoder)
+
+
+def test_every_kind_is_a_tokenizer_with_one_layout_type():
+    """The kind -> class table covers every kind of the config; each class implements the
+    interface and gives the same layout keys; an unknown kind is an error."""
+    import dataclasses
+
+    from tokenizer.base import Tokenizer, TokenLayout
+    from tokenizer.build import TOKENIZERS
+    from tokenizer.config import KINDS
+
+    assert tuple(TOKENIZERS) == KINDS
+    keys = set()
+    for kind in KINDS:
+        model = build_tokenizer(registry_config(f"{kind}-debug"))
+        assert isinstance(model, Tokenizer)
+        layout = model.token_layout
+        assert isinstance(layout, TokenLayout)
+        assert len(layout.components) == len(model.vocab_sizes)
+        assert layout.components[layout.code_component] == "code"
+        keys.add(tuple(layout.to_dict()))
+    assert len(keys) == 1
+    cfg = dataclasses.replace(registry_config("vq-debug"))
+    object.__setattr__(cfg, "kind", "grid")  # past the config's own check
+    with pytest.raises(ValueError, match="unknown tokenizer kind 'grid'"):
+        build_tokenizer(cfg)
+
+
+def test_an_old_vq_config_loads_as_the_same_model():
+    """Tokenizer configs written before the VQ table existed (top-level token_grid and
+    vq_rounds, rounds as wide as the gaussian table) build the same model."""
+    from data import config as configlib
+    from tokenizer.build import upgrade_config
+    from tokenizer.config import TokenizerConfig
+
+    new = registry_config("vq-debug")
+    new = dataclasses_replace_vq(new, grid=4, rounds=2)
+    old = configlib.to_dict(new)
+    vq = old.pop("vq")
+    old.update(token_grid=vq["grid"], vq_rounds=vq["rounds"])
+    assert vq["hidden"] == old["gaussian"]["hidden"] and vq["heads"] == old["gaussian"]["heads"]
+    rebuilt = configlib.from_dict(TokenizerConfig, upgrade_config(old))
+    assert rebuilt == new
+    shapes = {k: v.shape for k, v in build_tokenizer(rebuilt).state_dict().items()}
+    assert shapes == {k: v.shape for k, v in build_tokenizer(new).state_dict().items()}
+
+
+def dataclasses_replace_vq(cfg, **vq):
+    import dataclasses
+
+    return dataclasses.replace(cfg, vq=dataclasses.replace(cfg.vq, **vq))

@@ -27,6 +27,20 @@ def build_tokenizer(cfg: TokenizerConfig) -> Tokenizer:
     return TOKENIZERS[cfg.kind](cfg)
 
 
+def upgrade_config(config: dict) -> dict:
+    """A tokenizer config as written before the VQ baseline had its own table: top-level
+    ``token_grid`` / ``vq_rounds``, with the rounds as wide as the ``gaussian`` table's
+    hidden / heads, become ``vq = {grid, rounds, hidden, heads}`` (the same model)."""
+    if not isinstance(config, dict) or not ({"token_grid", "vq_rounds"} & set(config)):
+        return config
+    config = dict(config)
+    gaussian = config.get("gaussian") or {}
+    vq = {"grid": config.pop("token_grid", 0), "rounds": config.pop("vq_rounds", 0)}
+    vq.update({k: gaussian[k] for k in ("hidden", "heads") if k in gaussian})
+    config["vq"] = vq
+    return config
+
+
 def load_tokenizer(path, device="cpu"):
     """A trained tokenizer in eval mode, from a training checkpoint (.pt: its EMA weights, or
     its raw weights where it kept no EMA) or
@@ -53,7 +67,7 @@ def load_tokenizer(path, device="cpu"):
                                "with a 'tokenizer' table and 'ema' or 'model' weights)")
         config, state = ckpt["config"]["tokenizer"], weights
     try:
-        model = build_tokenizer(configlib.from_dict(TokenizerConfig, config))
+        model = build_tokenizer(configlib.from_dict(TokenizerConfig, upgrade_config(config)))
     except (configlib.ConfigError, TypeError, ValueError) as err:
         raise WeightsError(f"the tokenizer config of {path} is not valid ({err})") from err
     load_state(model, state, path)  # strict: a mismatch is an error, never ignored

@@ -113,21 +113,38 @@ class GaussianConfig:
 
 
 @dataclass
+class VQConfig:
+    """The VQ baseline's own fields (kind "vq")."""
+
+    # side of its token grid; 0 = the encoder's grid. A smaller side averages the
+    # encoder's features down to it and repeats each code back up (nearest), so the
+    # decoder sees a map of the encoder's resolution: the same trunk and decoder as a
+    # GaussianToken whose splat map has that resolution, at another token count.
+    grid: int = 0
+    # rounds of [self-attention, MLP] among its grid tokens before quantising; with
+    # hidden / heads as GaussianToken's refinement, a control with the same trunk and
+    # about as many parameters. 0: none (the LlamaGen baseline).
+    rounds: int = 0
+    hidden: int = 256
+    heads: int = 4
+
+    def __post_init__(self):
+        for name in ("grid", "rounds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"vq.{name} must be 0 or positive")
+        if self.hidden < 1 or self.heads < 1 or self.hidden % self.heads:
+            raise ValueError(f"vq.hidden ({self.hidden}) must be a positive multiple of "
+                             f"vq.heads ({self.heads})")
+
+
+@dataclass
 class TokenizerConfig:
     kind: str = "gaussian"
     image_size: int = 256
     encoder: ConvConfig = field(default_factory=ConvConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     gaussian: GaussianConfig = field(default_factory=GaussianConfig)
-    # VQ baseline: side of its token grid; 0 = the encoder's grid. A smaller side averages
-    # the encoder's features down to it and repeats each code back up (nearest), so the
-    # decoder sees a map of the encoder's resolution: the same trunk and decoder as a
-    # GaussianToken whose splat map has that resolution, at another token count.
-    token_grid: int = 0
-    # VQ baseline: rounds of [self-attention, MLP] among its grid tokens before quantising,
-    # as wide as GaussianToken's refinement (gaussian.hidden, gaussian.heads): a control
-    # with the same trunk and about as many parameters. 0: none (the LlamaGen baseline).
-    vq_rounds: int = 0
+    vq: VQConfig = field(default_factory=VQConfig)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -138,14 +155,11 @@ class TokenizerConfig:
         if self.kind == "gaussian" and self.image_size % self.gaussian.splat_size:
             raise ValueError(f"image_size {self.image_size} must be a multiple of "
                              f"gaussian.splat_size {self.gaussian.splat_size}")
-
-        if self.vq_rounds < 0:
-            raise ValueError("vq_rounds must be 0 or positive")
-        if self.encoder.style == "taming" and (self.kind != "vq" or self.vq_rounds):
+        if self.encoder.style == "taming" and (self.kind != "vq" or self.vq.rounds):
             raise ValueError("encoder.style 'taming' (LlamaGen's VQGAN trunk) is for the plain "
-                             "VQ tokenizer only (kind 'vq', vq_rounds 0)")
-        if self.token_grid < 0 or (self.token_grid and self.feature_grid % self.token_grid):
-            raise ValueError(f"token_grid {self.token_grid} must divide the encoder's grid "
+                             "VQ tokenizer only (kind 'vq', vq.rounds 0)")
+        if self.vq.grid and self.feature_grid % self.vq.grid:
+            raise ValueError(f"vq.grid {self.vq.grid} must divide the encoder's grid "
                              f"{self.feature_grid} (or be 0)")
 
     @property
@@ -156,4 +170,4 @@ class TokenizerConfig:
     @property
     def grid(self) -> int:
         """Side of the VQ baseline's token grid."""
-        return self.token_grid or self.feature_grid
+        return self.vq.grid or self.feature_grid

@@ -2,7 +2,13 @@
 (CLI ``choices`` come from it): a name -> a TokenizerConfig. Every kind has a "debug" size
 that runs the whole stack on a laptop CPU in minutes."""
 
-from tokenizer.config import ConvConfig, GaussianConfig, QuantizerConfig, TokenizerConfig
+from tokenizer.config import (
+    ConvConfig,
+    GaussianConfig,
+    QuantizerConfig,
+    TokenizerConfig,
+    VQConfig,
+)
 
 
 def _debug(kind: str) -> TokenizerConfig:
@@ -14,6 +20,7 @@ def _debug(kind: str) -> TokenizerConfig:
         gaussian=GaussianConfig(num_gaussians=16, hidden=64, heads=4, rounds=2, splat_size=8,
                                 position_bins=32, scale_bins=4, rotation_bins=4,
                                 scale_min=0.4, scale_max=3.0),
+        vq=VQConfig(hidden=64, heads=4),  # as wide as the Gaussian debug's refinement
     )
 
 

@@ -1,7 +1,7 @@
 """The plain VQ baseline: a grid of codes, with our conv family or LlamaGen's VQGAN trunk.
 
 image [B, 3, S, S] -> Encoder -> [B, dim, f, f] -> (average-pooled to the token grid
-g x g when ``token_grid`` is set) -> vector quantiser -> (codes repeated back to f x f)
+g x g when ``vq.grid`` is set) -> vector quantiser -> (codes repeated back to f x f)
 -> Decoder. Tokens: [B, g*g, 1] in raster order, the tuple being (code,).
 With ``encoder.style = "taming"`` (LlamaGen's VQ-16 / VQ-8) the encoder gives
 [B, z_channels, f, f] and 1x1 convs map to the code dimension (``quant_conv``) and
@@ -39,19 +39,19 @@ class VQTokenizer(Tokenizer):
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
         self.cfg = cfg
-        g = cfg.gaussian
+        v = cfg.vq
         if cfg.encoder.style == "taming":
             z, dim = cfg.encoder.z_channels, cfg.quantizer.dim
             self.encoder, self.quant_conv = TamingEncoder(cfg.encoder), nn.Conv2d(z, dim, 1)
             self.quantizer = VectorQuantizer(cfg.quantizer)
             self.post_quant_conv, self.decoder = nn.Conv2d(dim, z, 1), TamingDecoder(cfg.encoder)
             return
-        if cfg.vq_rounds:  # the same widths as GaussianToken's refinement, without geometry
-            self.encoder = Encoder(cfg.encoder, g.hidden)
-            self.token_pos = nn.Parameter(torch.randn(cfg.grid**2, g.hidden) * 0.02)
-            self.rounds = nn.ModuleList(MixRound(g.hidden, g.heads) for _ in range(cfg.vq_rounds))
-            self.feature_head = nn.Sequential(nn.LayerNorm(g.hidden),
-                                              mlp(g.hidden, cfg.quantizer.dim, g.hidden))
+        if v.rounds:  # GaussianToken's refinement widths (vq.hidden, vq.heads), no geometry
+            self.encoder = Encoder(cfg.encoder, v.hidden)
+            self.token_pos = nn.Parameter(torch.randn(cfg.grid**2, v.hidden) * 0.02)
+            self.rounds = nn.ModuleList(MixRound(v.hidden, v.heads) for _ in range(v.rounds))
+            self.feature_head = nn.Sequential(nn.LayerNorm(v.hidden),
+                                              mlp(v.hidden, cfg.quantizer.dim, v.hidden))
         else:
             self.encoder = Encoder(cfg.encoder, cfg.quantizer.dim)
         self.quantizer = VectorQuantizer(cfg.quantizer)
@@ -76,7 +76,7 @@ class VQTokenizer(Tokenizer):
         if self.cfg.encoder.style == "taming":
             z = self.quant_conv(z)
         z = F.adaptive_avg_pool2d(z, g).permute(0, 2, 3, 1)  # [B, g, g, C]
-        if self.cfg.vq_rounds:
+        if self.cfg.vq.rounds:
             tokens = z.flatten(1, 2) + self.token_pos  # [B, g*g, hidden]
             for block in self.rounds:
                 tokens = block(tokens)
