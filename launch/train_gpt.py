@@ -43,6 +43,8 @@ from launch.trainer import (
 )
 
 RANK_SEED_STRIDE = 7919  # rank r draws dropout / label drops from seed + 7919 r (a prime)
+
+
 class LossModule(torch.nn.Module):
     """What DeepSpeed wraps: (labels, tokens) -> loss. Keeps the GPT itself pure; the
     last step's per-component losses and accuracies stay in ``last`` ([2, K], detached,
