@@ -33,7 +33,7 @@ from tokenizer.blocks import count_parameters
 
 
 def variant_configs(args, tmp: str) -> dict:
-    """name -> tokenizer.train RunConfig, from --config (a comparison) or --size."""
+    """name -> tokenizer run config, from --config (a comparison) or --size."""
 
     if args.config:
         cfg = configlib.load(CompareConfig, args.config)

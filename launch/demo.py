@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data import config as configlib
+from data.files import atomic_write_json
 from launch.pipeline import (
     STAGES,
     Pipeline,
@@ -108,6 +109,7 @@ def resolve(table: dict):
 def run_one(name: str, pcfg, progress: bool) -> tuple[dict, dict]:
     """Every stage of one run, timed; the first full measurement of a stage is kept."""
     out = Path(pcfg.out)
+    out.mkdir(parents=True, exist_ok=True)  # its data stage may be another run's
     pipeline = Pipeline(pcfg, progress=progress)
     timings_path = out / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
@@ -119,7 +121,7 @@ def run_one(name: str, pcfg, progress: bool) -> tuple[dict, dict]:
         pipeline.run([stage])
         if stage not in timings:
             timings[stage] = time.perf_counter() - start
-            timings_path.write_text(json.dumps(timings, indent=1))
+            atomic_write_json(timings_path, timings, sort_keys=False)
     return {stage: pipeline.dir(stage) for stage in STAGES}, timings
 
 

@@ -199,9 +199,7 @@ class Trainer(TrainingRun):
         loader = make_token_loader(self.cfg.data.tokens, batch_size=self.cfg.data.batch_size,
                                    train=True, num_workers=self.cfg.data.num_workers,
                                    rank=self.rank, world_size=self.world, seed=self.cfg.seed)
-        empty = (f"{self.cfg.data.tokens} gives no full batch of {self.cfg.data.batch_size} "
-                 "per rank")
-        for tokens, labels in resumable_batches(loader, self, empty):
+        for tokens, labels in resumable_batches(loader, self, self.cfg.data.tokens):
             yield labels.to(self.device), tokens.to(self.device)
 
     # ---- checkpoints ----------------------------------------------------------------

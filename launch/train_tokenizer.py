@@ -147,9 +147,7 @@ class Trainer(TrainingRun):
             image_size=self.cfg.tokenizer.image_size, train=True, flip=self.cfg.data.flip,
             mode="epoch", num_workers=self.cfg.data.num_workers, rank=self.ranks.rank,
             world_size=self.ranks.world_size, seed=self.cfg.seed)
-        empty = (f"{self.cfg.data.shards} gives no full batch of {self.cfg.data.batch_size} "
-                 "per rank")
-        for images, labels in resumable_batches(loader, self, empty):
+        for images, labels in resumable_batches(loader, self, self.cfg.data.shards):
             yield images.to(self.device), labels
 
     # ---- one step -----------------------------------------------------------------

@@ -158,14 +158,14 @@ def _tuplify(x):
     return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def resumable_batches(loader, position, empty_message: str):
+def resumable_batches(loader, position, folder):
     """Endless batches of an epoch-mode shard loader, epoch after epoch.
 
     ``position`` carries ``epoch`` and ``batch_in_epoch`` (checkpointed by the trainer):
     resuming inside an epoch re-creates that epoch's order and starts at the next batch
     without reading the consumed ones (``ShardStream.start_at_batch``); in an epoch's
     last rounds, where that is not possible, the consumed batches are read and dropped.
-    A loader that gives no batch at all raises ValueError.
+    A loader of ``folder`` that gives no batch at all raises ValueError.
     """
     while True:
         loader.dataset.set_epoch(position.epoch)
@@ -179,7 +179,7 @@ def resumable_batches(loader, position, empty_message: str):
             position.batch_in_epoch = index + 1
             yield batch
         if position.batch_in_epoch == 0:
-            raise ValueError(empty_message)
+            raise ValueError(f"{folder} gives no full batch of {loader.batch_size} per rank")
         position.epoch, position.batch_in_epoch = position.epoch + 1, 0
 
 

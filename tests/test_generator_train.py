@@ -205,3 +205,10 @@ def test_compiled_loss_trains_like_eager(tmp_path, tokens):
         _cfg(tmp_path, tokens, "bad", attention="flash")
     with pytest.raises(ValueError, match=r"does not work with deepspeed\.zero_stage = 3"):
         _cfg(tmp_path, tokens, "bad", compile="true", deepspeed__zero_stage=3)
+
+
+def test_a_shard_set_smaller_than_a_batch_is_one_line(tmp_path, capsys):
+    small = make_token_set(tmp_path / "small", n=4)
+    assert main(["--set", f"data.tokens={small}", "--set", "data.batch_size=8",
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert f"{small} gives no full batch of 8 per rank" in capsys.readouterr().err

@@ -166,3 +166,13 @@ def test_stages_finished_before_a_field_was_added_stay_done(run, capsys):
     finally:
         for marker, text in saved.items():
             marker.write_text(text)
+
+
+def test_a_bad_value_in_a_later_stage_is_refused_before_the_first(tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text(TINY.format(out=tmp_path / "out", ref=tmp_path / "ref.npz")
+                      .replace("[gpt]\nsteps = 3", "[gpt]\nsteps = \"abc\""))
+    assert pipeline.main(["--config", str(config), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "steps: expected an integer" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "data").exists()  # no stage ran

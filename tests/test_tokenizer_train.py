@@ -149,3 +149,18 @@ def test_compiled_training_steps_like_eager(tmp_path, digits):
     assert runs[True][0][:2] == pytest.approx(runs[False][0][:2], rel=1e-5)
     assert runs[True][0][2] == pytest.approx(runs[False][0][2], rel=1e-3)
     assert runs[True][1] == runs[False][1]
+
+
+def test_resume_at_another_world_size_is_refused(tmp_path, digits):
+    """A checkpoint written by 2 ranks is not continued by 1 (its data position and
+    per-rank state belong to 2): one line, as the GPT trainer says it."""
+    from data.files import load_checkpoint, save_checkpoint
+
+    first = Trainer(_cfg(tmp_path, digits, "w", steps=2, ckpt_every=2), progress=False)
+    first.run()
+    state = load_checkpoint(first.last_checkpoint)
+    state["world_size"] = 2
+    save_checkpoint(first.last_checkpoint, state)
+    again = Trainer(_cfg(tmp_path, digits, "w", steps=3, ckpt_every=2), progress=False)
+    with pytest.raises(configlib.ConfigError, match="written by 2 ranks, this run has 1"):
+        again.resume()
