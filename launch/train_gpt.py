@@ -11,13 +11,16 @@ The GPT's vocabularies, tuple length and class count come from the token shards'
 manifest, and the tokenizer that made them is recorded in every checkpoint and
 export. Re-running the same command resumes exactly from the last checkpoint
 (DeepSpeed's model/optimizer/schedule state plus our own file with the data
-position, EMA weights and every RNG). DeepSpeed reads its own files with pickle:
-resume only from runs you made; share the exported ``gpt.safetensors`` +
-``gpt.json``, which load without executing anything.
+position, EMA weights and every RNG). Every checkpoint file, DeepSpeed's too, is loaded
+weights-only: tensors, plain containers and the few DeepSpeed types named in
+``DEEPSPEED_SAFE_GLOBALS``; a file holding anything else is refused in one line (loading
+it would run code from it). Share the exported ``gpt.safetensors`` + ``gpt.json``.
 """
 
 import argparse
+import importlib
 import json
+import pickle
 import shutil
 import sys
 from dataclasses import dataclass
@@ -26,7 +29,13 @@ from pathlib import Path
 import torch
 
 from data import config as configlib
-from data.files import atomic_write_json, load_checkpoint, save_checkpoint, save_weights
+from data.files import (
+    atomic_write_json,
+    first_line,
+    load_checkpoint,
+    save_checkpoint,
+    save_weights,
+)
 from data.ranks import launcher_env
 from data.stream import read_manifest
 from data.tokens import FORMAT_TAG, make_token_loader
@@ -42,6 +51,13 @@ from launch.trainer import (
     training_parser,
 )
 
+# the types besides tensors and plain containers that DeepSpeed writes into its checkpoint
+# files (torch.serialization.get_unsafe_globals_in_checkpoint over this trainer's ZeRO 0-3
+# checkpoints, constant and cosine schedules, gradient accumulation); its files are loaded
+# weights-only with exactly these allowed
+DEEPSPEED_SAFE_GLOBALS = ("deepspeed.runtime.zero.config.ZeroStageEnum",
+                          "deepspeed.utils.tensor_fragment.fragment_address",
+                          "deepspeed.runtime.fp16.loss_scaler.LossScaler")
 RANK_SEED_STRIDE = 7919  # rank r draws dropout / label drops from seed + 7919 r (a prime)
 
 
@@ -71,6 +87,29 @@ def build_gpt_config(cfg: GPTRunConfig, manifest: dict) -> GPTConfig:
                       class_dropout=m.class_dropout, qk_norm=m.qk_norm,
                       position_embed=m.position_embed, class_rope=m.class_rope,
                       layout=manifest.get("token_layout"))
+
+
+def weights_only_load(path, map_location=None):
+    """torch.load of a DeepSpeed checkpoint file without running code from it (DeepSpeed's
+    own loader unpickles anything): ConfigError naming the file and the first type that
+    is not a tensor, a plain container or one of ``DEEPSPEED_SAFE_GLOBALS``."""
+    unsafe = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+              if g not in DEEPSPEED_SAFE_GLOBALS]
+    refusal = (f"{path} holds {{what}}, beyond tensors, plain containers and the DeepSpeed "
+               "types this trainer allows (DEEPSPEED_SAFE_GLOBALS in launch/train_gpt.py): "
+               "refused, loading it would run code from the file")
+    if unsafe:
+        raise configlib.ConfigError(refusal.format(what=f"{unsafe[0]!r}"))
+    allowed = []
+    for name in DEEPSPEED_SAFE_GLOBALS:
+        module, _, attr = name.rpartition(".")
+        allowed.append(getattr(importlib.import_module(module), attr))
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise configlib.ConfigError(refusal.format(what=f"what the weights-only loader "
+                                                   f"refuses ({first_line(err)})")) from err
 
 
 def deepspeed_config(cfg: GPTRunConfig, cuda: bool) -> dict:
@@ -138,8 +177,8 @@ class CheckpointFolder:
         if foreign:
             raise configlib.ConfigError(
                 f"{self.path} holds files this trainer did not write "
-                f"({', '.join(foreign[:3])}): choose a new --out (DeepSpeed checkpoints are "
-                "read with pickle; only runs of this trainer are resumed)")
+                f"({', '.join(foreign[:3])}): choose a new --out (only runs of this trainer "
+                "are resumed, and saving there would prune them)")
 
     def commit(self, tag: str, step: int) -> None:
         """Point at ``tag`` (atomically) and prune the other step folders (rank 0)."""
@@ -176,6 +215,7 @@ class Trainer(TrainingRun):
         self.engine, _, _, self.schedule = deepspeed.initialize(
             model=self.loss_module, optimizer=optimizer, lr_scheduler=schedule,
             config=deepspeed_config(cfg, cuda))
+        self.engine.checkpoint_engine.load = weights_only_load  # DeepSpeed's reads too
         self.device = self.engine.device
         # the same initial weights everywhere (above); different dropout and label-drop
         # draws on every rank (restored per rank on resume)
@@ -243,8 +283,7 @@ class Trainer(TrainingRun):
 
     def resume_message(self) -> str:
         return (f"resumed at step {self.step_num} from {self.resumed_from} (written by this "
-                "trainer, checked before loading; DeepSpeed reads its files there with "
-                "pickle, so resume only runs you made; share gpt.safetensors)")
+                "trainer, checked before loading; every file loaded weights-only)")
 
     def full_weights(self) -> dict[str, torch.Tensor] | None:
         """Whole fp32 weights on rank 0 (the EMA when kept), None on the other ranks.

@@ -143,7 +143,7 @@ def test_gpu_resume_with_ema_keeps_training(tmp_path, tokens):
     assert params["norm.weight"].is_cuda
 
 
-def test_resume_refuses_other_settings_and_foreign_folders_and_says_it_read_pickles(
+def test_resume_refuses_other_settings_and_foreign_folders_and_says_what_it_read(
         tmp_path, tokens, capsys):
     sets = dict(steps=2, ckpt_every=2, ema_decay=0.9)
     Trainer(_cfg(tmp_path, tokens, "s", **sets), progress=False).run()
@@ -165,7 +165,7 @@ def test_resume_refuses_other_settings_and_foreign_folders_and_says_it_read_pick
     assert longer.step_num == 3
     err = capsys.readouterr().err
     assert f"resumed at step 2 from {tmp_path / 's' / 'checkpoints' / tag}" in err
-    assert "with pickle" in err
+    assert "every file loaded weights-only" in err
     # a folder holding another tool's checkpoints: refused, and nothing in it is pruned
     foreign = tmp_path / "f" / "checkpoints"
     (foreign / "global_step10").mkdir(parents=True)
@@ -212,3 +212,31 @@ def test_a_shard_set_smaller_than_a_batch_is_one_line(tmp_path, capsys):
     assert main(["--set", f"data.tokens={small}", "--set", "data.batch_size=8",
                  "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert f"{small} gives no full batch of 8 per rank" in capsys.readouterr().err
+
+
+def test_a_payload_in_deepspeeds_checkpoint_is_refused_and_never_runs(tmp_path, tokens):
+    """DeepSpeed unpickles its files with weights_only=False; ours go through a
+    weights-only loader: a pickle that would create a folder when loaded is refused in one
+    line naming the file and the callable, and the folder never appears."""
+    import os
+
+    sets = dict(steps=2, ckpt_every=2, ema_decay=0.9)
+    Trainer(_cfg(tmp_path, tokens, "p", **sets), progress=False).run()
+    tag = json.loads((tmp_path / "p" / "checkpoints" / "last.json").read_text())["tag"]
+    target = tmp_path / "p" / "checkpoints" / tag / "mp_rank_00_model_states.pt"
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.makedirs, (str(marker),)
+
+    state = torch.load(target, weights_only=False)  # our own file: safe to read here
+    state["payload"] = Payload()
+    torch.save(state, target)
+    resumed = Trainer(_cfg(tmp_path, tokens, "p", **{**sets, "steps": 3}), progress=False)
+    with pytest.raises(ValueError, match=r"mp_rank_00_model_states\.pt holds '(posix|os)\."
+                                         r"makedirs'.*refused, loading it would run code"):
+        resumed.resume()
+    assert not marker.exists()
+    torch.load(target, weights_only=False)  # the payload is live: plain unpickling runs it
+    assert marker.is_dir()
