@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data import builtin
+from data.cli import require_output_dir
 from data.files import atomic_write_json
 from data.imagefolder import DatasetError, scan_image_folder
 from data.images import FORMATS, center_crop_adm, encode_image, load_image_file, resize_short_side
@@ -209,11 +210,15 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    size = args.size or (builtin.DEFAULT_SIZE[args.builtin] if args.builtin else 256)
+    size = args.size if args.size is not None else \
+        (builtin.DEFAULT_SIZE[args.builtin] if args.builtin else 256)
     fmt = args.format or ("png" if args.builtin else "jpg")
     source = (f"builtin:{args.builtin}/{args.split}" if args.builtin
               else str(args.src.resolve()))
     try:
+        if size < 1:
+            raise ValueError(f"--size must be a positive number of pixels, got {size}")
+        require_output_dir(args.out, "--out")
         settings = BuildSettings(source, size, args.crop, fmt, args.shard_size, args.order)
         manifest = build_shards(args.out, settings, builtin_name=args.builtin, split=args.split,
                                 src=args.src, workers=args.workers, progress=not args.quiet)

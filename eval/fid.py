@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.cli import one_line_parser, positive_int, require_parent_dir
+from data.cli import check_device, one_line_parser, positive_int, require_output_file
 from data.files import atomic_write_json
 from eval.evaluator import GenerationEvaluator, Reference, extract
 from eval.frechet import METHODS
@@ -79,19 +79,6 @@ def format_table(result: dict) -> str:
                   "yes" if result["adm_comparable"] else
                   "no (" + "; ".join(result["not_comparable_because"]) + ")")]
     return "\n".join(lines)
-
-
-def check_device(device: str) -> torch.device:
-    """A torch device that exists here, or ValueError naming what is missing."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"--device {device!r}: not a device name ({err})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: this machine has no CUDA GPU (use --device cpu)")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) here")
-    return dev
 
 
 def evaluate(samples, ref, metrics=GENERATION_METRICS, *, batch_size: int = 50,
@@ -160,7 +147,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     try:
-        require_parent_dir(args.json, "--json")
+        require_output_file(args.json, "--json")
         result = evaluate(args.samples, args.ref, metrics, batch_size=args.batch_size,
                           resize=args.resize, inception=args.inception,
                           download=not args.no_download, fid_method=args.fid_method,

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from data.cli import one_line_parser, require_parent_dir
+from data.cli import one_line_parser, require_output_file
 from eval.inception import ADM_RESIZE
 from eval.metrics import METRICS
 from eval.weights import is_known_inception
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="write the table here as well")
     args = parser.parse_args(argv)
     try:
-        require_parent_dir(args.out, "--out")
+        require_output_file(args.out, "--out")
     except ValueError as err:
         print(f"eval.leaderboard: {err}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from data.cli import positive_int, require_parent_dir
+from data.cli import check_device, positive_int, require_output_file
 from generator.samples import (
     ORDERS,
     PRECISIONS,
@@ -81,7 +81,8 @@ def sample_grid(ckpt, classes: str, per_class: int, out: Path, settings: Samplin
         raise SampleError(f"--per-class must be positive, got {per_class}")
     if zoom < 1:
         raise SampleError(f"--zoom must be positive, got {zoom}")
-    require_parent_dir(out, "--out")  # before sampling, not after
+    require_output_file(out, "--out")  # before sampling, not after
+    check_device(device)
     if out.suffix.lower() not in Image.registered_extensions():
         raise SampleError(f"--out {out}: not an image file name (e.g. grid.png)")
     model, meta = load_gpt(ckpt, device)

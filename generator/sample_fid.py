@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.cli import positive_int
+from data.cli import positive_int, require_output_file
 from data.files import atomic_write_bytes, file_sha1
 from data.ranks import init_distributed
 from generator.sample import add_sampling_args, settings_from_args
@@ -64,6 +64,7 @@ def sample_for_fid(ckpt, num: int, out: Path, settings: SamplingSettings, *, tok
     makes its chunks; rank 0 packs them); returns what happened. Bad input: SampleError
     (or another ValueError naming the file), raised before any sampling."""
     out = Path(out)
+    require_output_file(out, "--out")  # before sampling, not after
     info = init_distributed()
     device = f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu"
     parts = out.with_name(out.name + ".parts")

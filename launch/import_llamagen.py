@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from data import config as configlib
-from data.cli import one_line_parser, positive_int, require_parent_dir
+from data.cli import one_line_parser, positive_int, require_output_dir
 from data.files import atomic_write_json, file_sha1, save_weights, tensors_sha1
 from generator.model import GPT
 from launch.llamagen_keys import (
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
                              "args say, else normalised as in vq_ds16_c2i.pt)")
     args = parser.parse_args(argv)
     try:
-        require_parent_dir(args.out, "--out")
+        require_output_dir(args.out, "--out")
         record = import_pair(args.vq, args.gpt, args.out, args.image_size, args.heads,
                              False if args.no_l2_norm else None)
     except (CheckpointError, LayoutError, ValueError) as err:

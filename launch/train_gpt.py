@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from data import config as configlib
+from data.cli import require_output_dir
 from data.files import (
     atomic_write_json,
     first_line,
@@ -373,8 +374,9 @@ def main(argv=None) -> int:
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
     args = parser.parse_args(argv)
     try:
-        trainer = Trainer(resolve_gpt_config(args.config, overrides(args)),
-                          progress=not args.quiet)
+        cfg = resolve_gpt_config(args.config, overrides(args))
+        require_output_dir(cfg.out, "out")  # before any model is built or file written
+        trainer = Trainer(cfg, progress=not args.quiet)
         trainer.run()
         path = trainer.export()  # every rank: ZeRO-3 gathers the weights
         if path is not None:

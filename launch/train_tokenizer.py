@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from data import config as configlib
 from data.build_shards import FORMAT_TAG
 from data.builtin import mirror_refusal
+from data.cli import require_output_dir
 from data.files import load_checkpoint, save_checkpoint, save_weights
 from data.loader import make_image_loader
 from data.ranks import Dist, device_for, init_distributed
@@ -240,7 +241,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = resolve_tokenizer_config(args.config, overrides(args), args.size)
-        check_data(cfg)  # before any model is built or file written
+        require_output_dir(cfg.out, "out")  # before any model is built or file written
+        check_data(cfg)
         trainer = Trainer(cfg, progress=not args.quiet)
         result = trainer.run()
     except (configlib.ConfigError, ValueError, NonFiniteLoss) as err:

@@ -1,0 +1,72 @@
+"""Output paths and a few values that cannot work are refused before any work: exit 2,
+exactly one stderr line naming the flag and the cause, no traceback, nothing written."""
+
+import importlib
+import re
+
+import pytest
+import torch
+
+FILE = "a-file"  # a plain file made in every case's folder
+
+
+def _cases():
+    f = FILE
+    return [
+        ("data.build_shards", ["--builtin", "digits", "--out", f], r"--out .*a-file: is a file"),
+        ("data.build_shards", ["--builtin", "digits", "--out", f"{f}/shards"],
+         r"a-file is a file, not a folder"),
+        ("data.build_shards", ["--builtin", "digits", "--size", "0", "--out", "s"],
+         r"--size must be a positive number of pixels, got 0"),
+        ("launch.train_tokenizer", ["--size", "gaussian-debug", "--out", f],
+         r"out .*a-file: is a file, not a folder"),
+        ("launch.train_tokenizer", ["--size", "gaussian-debug", "--out", f"{f}/run"],
+         r"a-file is a file, not a folder"),
+        ("launch.train_gpt", ["--out", f], r"out .*a-file: is a file, not a folder"),
+        ("launch.train_gpt", ["--set", "optim.warmup_steps=-5"],
+         r"optim\.warmup_steps must be >= 0, got -5"),
+        ("launch.train_gpt", ["--set", "ema_decay=1.5"], r"ema_decay must be in \[0, 1\)"),
+        ("generator.sample", ["--ckpt", "none", "--classes", "0", "--out", "."],
+         r"--out \.: is a folder; give a file name"),
+        ("generator.sample", ["--ckpt", "none", "--classes", "0", "--out", f"{f}/g.png"],
+         r"a-file is a file, not a folder"),
+        ("generator.sample", ["--ckpt", "none", "--classes", "0", "--zoom", "0"],
+         r"--zoom must be positive, got 0"),
+        ("generator.sample", ["--ckpt", "none", "--classes", "0", "--device", "tpu9"],
+         r"--device 'tpu9': not a device name"),
+        ("generator.sample_fid", ["--ckpt", "none", "--out", f"{f}/s.npz"],
+         r"a-file is a file, not a folder"),
+        ("eval.fid", ["s.npz", "r.npz", "--json", "."], r"--json \.: is a folder"),
+        ("eval.leaderboard", ["--out", f"{f}/board.md"], r"a-file is a file, not a folder"),
+        ("launch.import_llamagen", ["--vq", "vq.pt", "--out", f],
+         r"--out .*a-file: is a file, not a folder"),
+    ]
+
+
+@pytest.mark.parametrize(("module", "argv", "message"), _cases(),
+                         ids=[f"{m}:{' '.join(a)}" for m, a, _ in _cases()])
+def test_refused_in_one_line_before_any_work(tmp_path, monkeypatch, capsys, module, argv,
+                                             message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / FILE).write_text("not a folder")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    main = importlib.import_module(module).main
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own errors exit
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert re.search(message, lines[0]), lines[0]
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
+    from generator import sample
+
+    assert sample.main(["--ckpt", "none", "--classes", "0", "--device", "cuda",
+                        "--out", str(tmp_path / "g.png")]) == 2
+    assert "this machine has no CUDA GPU" in capsys.readouterr().err
