@@ -171,6 +171,10 @@ def build_shards(out: Path | str, settings: BuildSettings, *, builtin_name: str 
         "shards": shards,
         "skipped": skipped,
     }
+    if manifest["total"] == 0:  # no manifest: the folder is no finished shard set
+        first = f" (first: {skipped[0]['source']}: {skipped[0]['reason']})" if skipped else ""
+        raise DatasetError(f"none of the {len(entries)} inputs is a readable image{first}: "
+                           "no shard set built")
     atomic_write_json(out / MANIFEST, manifest)
     for stale in out.glob("*.tmp"):  # leftovers of a killed earlier run
         os.remove(stale)

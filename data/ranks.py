@@ -34,22 +34,45 @@ def env_rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def _refuse_scheduler_tasks_without_launcher() -> None:
-    if "RANK" in os.environ:
+def _check_launcher_vars() -> None:
+    """With RANK or WORLD_SIZE set, the rest a process group needs must be set too."""
+    env = os.environ
+    if "RANK" not in env and "WORLD_SIZE" not in env:
         return
-    for var in SCHEDULER_TASKS:
-        if int(os.environ.get(var, "1") or 1) > 1:
-            raise ValueError(
-                f"{var}={os.environ[var]} but no RANK/WORLD_SIZE: start the tasks with "
-                "deepspeed or torchrun (or export RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, "
-                "MASTER_PORT per task) so that they form one run")
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        if var in env and not env[var].strip().isdigit():
+            raise ValueError(f"{var}={env[var]!r} is not a non-negative integer")
+    needed = ["RANK", "WORLD_SIZE"]
+    if int(env.get("WORLD_SIZE", "1")) > 1:
+        needed += ["MASTER_ADDR", "MASTER_PORT"]
+    missing = [v for v in needed if v not in env]
+    if missing:
+        present = [v for v in LAUNCHER_VARS if v in env]
+        raise ValueError(f"{', '.join(present)} set but not {', '.join(missing)}: start the "
+                         f"run with torchrun or deepspeed, or export all of "
+                         f"{', '.join(LAUNCHER_VARS)}")
+    if int(env["RANK"]) >= int(env["WORLD_SIZE"]):
+        raise ValueError(f"RANK={env['RANK']} is not below WORLD_SIZE={env['WORLD_SIZE']}")
+
+
+def check_environment() -> None:
+    """ValueError (one line) for launcher variables half set, or an srun / mpirun task
+    started without them; called before any work."""
+    if "RANK" not in os.environ:
+        for var in SCHEDULER_TASKS:
+            if int(os.environ.get(var, "1") or 1) > 1:
+                raise ValueError(
+                    f"{var}={os.environ[var]} but no RANK/WORLD_SIZE: start the tasks with "
+                    "deepspeed or torchrun (or export RANK, WORLD_SIZE, LOCAL_RANK, "
+                    "MASTER_ADDR, MASTER_PORT per task) so that they form one run")
+    _check_launcher_vars()
 
 
 def launcher_env() -> Dist:
     """The launcher's variables for this process, set for a single process where no
     launcher ran (DeepSpeed needs them even for one); ValueError for an srun/mpirun
     task without them."""
-    _refuse_scheduler_tasks_without_launcher()
+    check_environment()
     if "RANK" not in os.environ:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -67,7 +90,7 @@ def current() -> Dist:
 def init_distributed() -> Dist:
     """Join the process group when a launcher set WORLD_SIZE > 1 (nccl on CUDA, else
     gloo); one process otherwise. ValueError for an srun/mpirun task without RANK."""
-    _refuse_scheduler_tasks_without_launcher()
+    check_environment()
     info = current()
     if info.world_size > 1 and not dist.is_initialized():
         if torch.cuda.is_available():

@@ -31,7 +31,16 @@ def read_manifest(folder: Path | str, expected_format: str) -> dict:
     if not path.exists():
         raise ShardSetError(f"{folder} has no manifest.json: not a finished shard set "
                             "(build it, or re-run the build to finish it)")
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ShardSetError(f"{path} is not valid JSON ({err}): a damaged manifest; "
+                            "re-run the build to rewrite it") from err
+    shards = manifest.get("shards") if isinstance(manifest, dict) else None
+    if not (isinstance(shards, list)
+            and all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in shards)):
+        raise ShardSetError(f"{path} is not a shard manifest (it needs a 'shards' list of "
+                            "{name, count} entries); re-run the build to rewrite it")
     if manifest.get("format") != expected_format:
         raise ShardSetError(f"{folder} holds {manifest.get('format')!r} shards, "
                             f"expected {expected_format!r}")

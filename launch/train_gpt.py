@@ -37,7 +37,7 @@ from data.files import (
     save_checkpoint,
     save_weights,
 )
-from data.ranks import launcher_env
+from data.ranks import check_environment, launcher_env
 from data.stream import read_manifest
 from data.tokens import FORMAT_TAG, make_token_loader
 from generator.config import GPTConfig, gpt_config
@@ -375,7 +375,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = resolve_gpt_config(args.config, overrides(args))
-        require_output_dir(cfg.out, "out")  # before any model is built or file written
+        check_environment()  # before any model is built or file written
+        require_output_dir(cfg.out, "out")
         trainer = Trainer(cfg, progress=not args.quiet)
         trainer.run()
         path = trainer.export()  # every rank: ZeRO-3 gathers the weights

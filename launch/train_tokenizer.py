@@ -30,7 +30,7 @@ from data.builtin import mirror_refusal
 from data.cli import require_output_dir
 from data.files import load_checkpoint, save_checkpoint, save_weights
 from data.loader import make_image_loader
-from data.ranks import Dist, device_for, init_distributed
+from data.ranks import Dist, check_environment, device_for, init_distributed
 from data.stream import read_manifest
 from eval.lpips import LPIPS
 from eval.weights import resolve_vgg16
@@ -241,7 +241,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = resolve_tokenizer_config(args.config, overrides(args), args.size)
-        require_output_dir(cfg.out, "out")  # before any model is built or file written
+        check_environment()  # before any model is built or file written
+        require_output_dir(cfg.out, "out")
         check_data(cfg)
         trainer = Trainer(cfg, progress=not args.quiet)
         result = trainer.run()

@@ -164,3 +164,15 @@ def test_resume_at_another_world_size_is_refused(tmp_path, digits):
     again = Trainer(_cfg(tmp_path, digits, "w", steps=3, ckpt_every=2), progress=False)
     with pytest.raises(configlib.ConfigError, match="written by 2 ranks, this run has 1"):
         again.resume()
+
+
+def test_evaluate_limit_counts_images_not_batches(digits):
+    """--limit 10 with --batch-size 64 evaluates 10 images (it took the whole first
+    batch of 64 and said so)."""
+    from tokenizer.build import build_tokenizer
+    from tokenizer.evaluate import evaluate
+    from tokenizer.registry import registry_config
+
+    model = build_tokenizer(registry_config("gaussian-debug")).eval()
+    report = evaluate(model, digits, batch_size=64, limit=10, progress=False)
+    assert report["num_images"] == 10

@@ -89,6 +89,8 @@ def evaluate(model, data, *, batch_size=64, lpips=None, extractor=None, limit=No
     for images, _ in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
         if limit is not None and seen >= limit:
             break
+        if limit is not None:
+            images = images[:limit - seen]  # the last batch may hold more than the limit
         for mode, quantize in modes.items():
             recon, aux = model(images, quantize_geometry=quantize)
             evaluators[mode].update(images, recon.clamp(-1, 1))

@@ -1,4 +1,4 @@
-"""Output paths and a few values that cannot work are refused before any work: exit 2,
+"""Bad inputs and output paths that cannot work are refused before any work: exit 2,
 exactly one stderr line naming the flag and the cause, no traceback, nothing written."""
 
 import importlib
@@ -70,3 +70,51 @@ def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
     assert sample.main(["--ckpt", "none", "--classes", "0", "--device", "cuda",
                         "--out", str(tmp_path / "g.png")]) == 2
     assert "this machine has no CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"RANK": "0", "WORLD_SIZE": "2"}, r"RANK, WORLD_SIZE set but not MASTER_ADDR, MASTER_PORT"),
+    ({"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"},
+     r"set but not RANK"),
+    ({"RANK": "x", "WORLD_SIZE": "1"}, r"RANK='x' is not a non-negative integer"),
+    ({"RANK": "3", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1"},
+     r"RANK=3 is not below WORLD_SIZE=2"),
+])
+def test_launcher_variables_half_set_are_one_line(tmp_path, monkeypatch, capsys, env, message):
+    from launch import train_tokenizer
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shards").mkdir()
+    code = train_tokenizer.main(["--size", "gaussian-debug", "--set", "data.shards=shards",
+                                 "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert re.search(message, err), err
+
+
+def test_a_damaged_manifest_is_named_with_its_cause(tmp_path):
+    from data.stream import ShardSetError, read_manifest
+
+    (tmp_path / "manifest.json").write_text('{"format": "gtgen-images-v1", "shards": [')
+    with pytest.raises(ShardSetError, match=r"manifest\.json is not valid JSON .*re-run"):
+        read_manifest(tmp_path, "gtgen-images-v1")
+    (tmp_path / "manifest.json").write_text('{"format": "gtgen-images-v1", "shards": 3}')
+    with pytest.raises(ShardSetError, match=r"manifest\.json is not a shard manifest"):
+        read_manifest(tmp_path, "gtgen-images-v1")
+
+
+def test_class_folders_without_any_image_build_nothing(tmp_path, capsys):
+    from data import build_shards
+
+    for name in ("a", "b"):
+        (tmp_path / "src" / name).mkdir(parents=True)
+        (tmp_path / "src" / name / "notes.txt").write_text("not an image")
+    assert build_shards.main(["--src", str(tmp_path / "src"), "--out", str(tmp_path / "out"),
+                              "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "none of the 2 inputs is a readable image" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out" / "manifest.json").exists()
