@@ -26,7 +26,7 @@ from eval.evaluator import GenerationEvaluator, Reference, extract
 from eval.frechet import METHODS
 from eval.inception import ADM_RESIZE, RESIZES, InceptionFeatures
 from eval.leaderboard import comparability_problems
-from eval.metrics import GENERATION_METRICS, METRICS, reference_needs_images
+from eval.metrics import GENERATION_METRICS, METRICS, reference_needs_images, too_few_images
 from eval.sets import ImageSet, ImageSetError, fingerprint, open_set
 from eval.weights import WeightsUnavailable, resolve_inception
 
@@ -81,6 +81,25 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def image_size(data: ImageSet) -> tuple[int, int]:
+    """(height, width) of a set's first image."""
+    return tuple(next(iter(data.batches(1))).shape[1:3])
+
+
+def unlike_sets(samples: ImageSet, ref: ImageSet) -> list[str]:
+    """What makes samples and an image reference unlike: other image sizes, or far fewer
+    samples than reference images (a bias FID does not correct for)."""
+    warnings = []
+    got, want = image_size(samples), image_size(ref)
+    if got != want:
+        warnings.append(f"samples are {got[0]}x{got[1]} px, the reference {want[0]}x{want[1]}: "
+                        "both are resized to Inception's 299 px, so the resampling differs")
+    if samples.count * 10 < ref.count:
+        warnings.append(f"{samples.count} samples against {ref.count} reference images: "
+                        "FID's small-sample bias is set by the smaller set")
+    return warnings
+
+
 def evaluate(samples, ref, metrics=GENERATION_METRICS, *, batch_size: int = 50,
              resize: str = ADM_RESIZE, inception=None, download: bool = True,
              fid_method: str = "eig", device: str = "cpu", use_cache: bool = True,
@@ -98,10 +117,18 @@ def evaluate(samples, ref, metrics=GENERATION_METRICS, *, batch_size: int = 50,
     sample_set = open_set(samples)
     if not sample_set.has_images:
         raise ImageSetError(f"{samples}: holds statistics only; samples need images")
-    if sample_set.count < 2:
-        raise ImageSetError(f"{samples}: holds {sample_set.count} image; the metrics "
-                            "need 2 or more")
+    refusal = too_few_images(sample_set.count, metrics, f"{samples}")
+    if refusal:
+        raise ImageSetError(refusal)
     ref_set = open_set(ref)
+    ref_embedded = ref_set.has_images and reference_needs_images(ref_set.stats, metrics)
+    if ref_embedded:
+        needing = [m for m in metrics if METRICS[m].reference_stats is None
+                   or any(k not in ref_set.stats for k in METRICS[m].reference_stats)]
+        refusal = too_few_images(ref_set.count, needing, f"the reference {ref}")
+        if refusal:
+            raise ImageSetError(refusal)
+    warnings = unlike_sets(sample_set, ref_set) if ref_set.has_images else []
     weights = resolve_inception(inception, download=download)
     extractor = InceptionFeatures(weights, resize).to(dev)
     reference = load_reference(ref_set, extractor, batch_size, use_cache, progress, metrics)
@@ -114,9 +141,10 @@ def evaluate(samples, ref, metrics=GENERATION_METRICS, *, batch_size: int = 50,
         result["sample_settings"] = sample_set.settings
     problems = comparability_problems(result)
     result["adm_comparable"], result["not_comparable_because"] = not problems, problems
-    result["warnings"] = ([f"the reference holds ADM statistics but this result is not "
-                           f"comparable with them: {'; '.join(problems)}"]
-                          if ref_set.stats and problems else [])
+    if ref_set.stats and problems:
+        warnings.append(f"the reference holds ADM statistics but this result is not "
+                        f"comparable with them: {'; '.join(problems)}")
+    result["warnings"] = warnings
     return result
 
 

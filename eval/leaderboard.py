@@ -125,6 +125,8 @@ def render(results: list[tuple[str, dict]]) -> str:
         w = r.get("weights", {})
         problems = comparability_problems(r)
         comparable = "yes" if not problems else "no: " + "; ".join(problems)
+        if r.get("warnings"):
+            comparable += " (warning: " + "; ".join(r["warnings"]) + ")"
         values = " | ".join(_fmt(m.get(k), metric.digits) for k, metric in METRICS.items())
         lines.append(
             f"| **{r.get('model', name)}** (ours) | {values} "

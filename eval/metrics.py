@@ -42,6 +42,9 @@ class Metric:
     # stored reference statistics that suffice; None: the reference's images are needed
     reference_stats: tuple[str, ...] | None
     compute: Callable[[Context], dict]  # -> {result key: value}; raises Unavailable
+    # fewest images of a set it is defined on (samples, and the reference when its images
+    # are embedded): a covariance needs 2, k-nearest-neighbour radii need k + 1
+    min_images: int = 2
 
 
 def inception_score(logits: np.ndarray, split_size: int = IS_SPLIT_SIZE) -> tuple[float, float]:
@@ -94,11 +97,11 @@ def _precision_recall(c: Context) -> tuple[float, float]:
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("fid", "FID", "gFID", 2, ("mu", "sigma"), _fid),
     Metric("sfid", "sFID", "sFID", 2, ("mu_s", "sigma_s"), _sfid),
-    Metric("is", "IS", "IS", 1, (), _is),
+    Metric("is", "IS", "IS", 1, (), _is, 1),
     Metric("prec", "Precision", "Prec", 2, None,
-           lambda c: {"prec": _precision_recall(c)[0]}),
+           lambda c: {"prec": _precision_recall(c)[0]}, DEFAULT_K + 1),
     Metric("recall", "Recall", "Rec", 2, None,
-           lambda c: {"recall": _precision_recall(c)[1]}),
+           lambda c: {"recall": _precision_recall(c)[1]}, DEFAULT_K + 1),
 )}
 GENERATION_METRICS = tuple(METRICS)
 
@@ -111,3 +114,13 @@ def reference_needs_images(stats: dict, metrics) -> bool:
         if needed is None or any(k not in stats for k in needed):
             return True
     return False
+
+
+def too_few_images(count: int, metrics, where: str) -> str | None:
+    """Why ``count`` images of ``where`` are too few for one of ``metrics`` (None: enough)."""
+    for name in metrics:
+        if count < METRICS[name].min_images:
+            plural = "s" if count != 1 else ""
+            return (f"{where}: holds {count} image{plural}; {METRICS[name].label} needs at "
+                    f"least {METRICS[name].min_images}")
+    return None

@@ -182,7 +182,7 @@ def test_damaged_png_in_a_folder_is_named(tmp_path, capsys, sample_and_ref, dama
 
     folder = tmp_path / "imgs"
     folder.mkdir()
-    for i, img in enumerate(_images(3, 2)):
+    for i, img in enumerate(_images(5, 2)):  # enough for every default metric
         Image.fromarray(img).save(folder / f"{i}.png")
     bad = folder / "1.png"
     data = bad.read_bytes()
@@ -280,3 +280,21 @@ def test_stored_statistics_with_another_resize_warn(tmp_path, capsys, monkeypatc
     result = json.loads(out.read_text())
     assert result["adm_comparable"] is False and result["num_samples"] == 6
     assert "splits of 5000" in result["is_convention"]
+
+
+def test_unlike_sets_are_refused_or_warned(tmp_path, capsys, sample_and_ref):
+    """Too few images for a metric: refused, naming the minimum. Other image sizes, or
+    far fewer samples than reference images: a warning on stderr, in the JSON and in the
+    leaderboard row."""
+    three = _npz(tmp_path / "three.npz", arr_0=_images(3, 4))
+    err = _one_line_rc2(fid.main, [sample_and_ref[0], str(three), "--quiet", "--no-cache",
+                                   "--metrics", "fid,prec"], capsys)
+    assert "three.npz: holds 3 images; Precision needs at least 4" in err
+    big = _npz(tmp_path / "big.npz", arr_0=np.repeat(np.repeat(_images(12, 5), 2, 1), 2, 2))
+    out = tmp_path / "r.json"
+    assert fid.main([str(big), sample_and_ref[1], "--quiet", "--no-cache", "--metrics", "fid",
+                     "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert any("reference" in w and "px" in w for w in result["warnings"]), result["warnings"]
+    assert "warning: samples are" in capsys.readouterr().err
+    assert "(warning: samples are" in leaderboard.render([("r", result)])
