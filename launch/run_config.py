@@ -51,10 +51,14 @@ class OptimConfig:
 class LoaderConfig:
     batch_size: int = 8  # per rank (the GPT's: a micro-batch)
     num_workers: int = 0
+    # the run stops when an epoch loses more than this fraction of its samples to damaged
+    # shards (skipped samples are counted per epoch either way: bar, TensorBoard, run.json)
+    max_lost: float = 0.01
 
     def __post_init__(self):
         configlib.require_at_least(self, 1, "batch_size", prefix="data.")
         configlib.require_at_least(self, 0, "num_workers", prefix="data.")
+        _unit_interval(self, "data.", "max_lost", closed=True)
 
 
 @dataclass
@@ -137,7 +141,7 @@ class TokenizerRunConfig(RunSettings):
 
 # what a resumed tokenizer run may change (data.shards may move); anything else: another run
 TOKENIZER_RESUMABLE = frozenset({"steps", "log_every", "image_every", "ckpt_every", "out",
-                                 "max_bad_steps", "data.shards", "compile"})
+                                 "max_bad_steps", "data.shards", "data.max_lost", "compile"})
 
 
 def resolve_tokenizer_config(path=None, overrides=None, size=None) -> TokenizerRunConfig:
@@ -235,7 +239,7 @@ class GPTRunConfig(RunSettings):
 # what a resumed GPT run may change; anything else would silently make another run
 # (data.tokens may move: the tokenizer fingerprint and the GPT config are checked apart)
 GPT_RESUMABLE = frozenset({"steps", "log_every", "ckpt_every", "out", "max_bad_steps",
-                           "data.tokens", "compile", "attention"})
+                           "data.tokens", "data.max_lost", "compile", "attention"})
 
 
 def resolve_gpt_config(path=None, overrides=None) -> GPTRunConfig:

@@ -226,6 +226,7 @@ class Trainer(TrainingRun):
                                         "partitions parameters); set ema_decay = 0")
         self.start_ema(self.gpt, cfg.ema_decay)
         self.checkpoints = CheckpointFolder(self.out / "checkpoints")
+        self.result: dict = {}  # run()'s accounting, recorded in the export
 
     @property
     def step_num(self) -> int:
@@ -240,7 +241,8 @@ class Trainer(TrainingRun):
         loader = make_token_loader(self.cfg.data.tokens, batch_size=self.cfg.data.batch_size,
                                    train=True, num_workers=self.cfg.data.num_workers,
                                    rank=self.rank, world_size=self.world, seed=self.cfg.seed)
-        for tokens, labels in resumable_batches(loader, self, self.cfg.data.tokens):
+        for tokens, labels in resumable_batches(loader, self, self.cfg.data.tokens,
+                                                    self.cfg.data.max_lost):
             yield labels.to(self.device), tokens.to(self.device)
 
     # ---- checkpoints ----------------------------------------------------------------
@@ -317,7 +319,8 @@ class Trainer(TrainingRun):
                 "tokenizer": self.manifest.get("tokenizer", {}),
                 "tokens": str(Path(self.cfg.data.tokens).resolve()),
                 "image_dir": self.manifest.get("image_dir"), "weights": "ema" if self.ema else
-                "raw", "steps": self.step_num, "train_log": self.train_log()}
+                "raw", "steps": self.step_num, "train_log": self.train_log(),
+                "data_lost": self.result.get("data_lost_per_epoch", {})}
         atomic_write_json(path.with_suffix(".json"), meta, sort_keys=False)
         return path
 
@@ -365,8 +368,8 @@ class Trainer(TrainingRun):
 
     def run(self, stop_after: int | None = None) -> dict:
         self.engine.train()
-        super().run(stop_after)
-        return {"step": self.step_num}
+        self.result = super().run(stop_after)
+        return {"step": self.step_num, **self.result}
 
 
 def main(argv=None) -> int:
@@ -378,11 +381,11 @@ def main(argv=None) -> int:
         check_environment()  # before any model is built or file written
         require_output_dir(cfg.out, "out")
         trainer = Trainer(cfg, progress=not args.quiet)
-        trainer.run()
+        result = trainer.run()
         path = trainer.export()  # every rank: ZeRO-3 gathers the weights
         if path is not None:
-            print(f"done: {trainer.step_num} steps, {trainer.skipped_steps} micro-batches "
-                  f"skipped (non-finite loss); sampling weights in {path}")
+            print(f"done: {trainer.step_num} steps, {trainer.loss_line(result)}; sampling "
+                  f"weights in {path}")
     except (configlib.ConfigError, ValueError, NonFiniteLoss) as err:
         print(f"launch.train_gpt: {err}", file=sys.stderr)
         return 2

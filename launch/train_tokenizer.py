@@ -148,7 +148,8 @@ class Trainer(TrainingRun):
             image_size=self.cfg.tokenizer.image_size, train=True, flip=self.cfg.data.flip,
             mode="epoch", num_workers=self.cfg.data.num_workers, rank=self.ranks.rank,
             world_size=self.ranks.world_size, seed=self.cfg.seed)
-        for images, labels in resumable_batches(loader, self, self.cfg.data.shards):
+        for images, labels in resumable_batches(loader, self, self.cfg.data.shards,
+                                                    self.cfg.data.max_lost):
             yield images.to(self.device), labels
 
     # ---- one step -----------------------------------------------------------------
@@ -251,8 +252,8 @@ def main(argv=None) -> int:
         return 2
     if trainer.ranks.main:
         export_weights(trainer.last_checkpoint, Path(cfg.out) / "tokenizer.safetensors")
-        print(f"done: {trainer.step_num} steps, {result['skipped_steps']} batches skipped "
-              f"(non-finite loss); weights in {Path(cfg.out) / 'tokenizer.safetensors'}")
+        print(f"done: {trainer.step_num} steps, {trainer.loss_line(result)}; weights in "
+              f"{Path(cfg.out) / 'tokenizer.safetensors'}")
     return 0
 
 

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from data import config as configlib
 from data.cli import OneLineParser
-from data.files import atomic_write_text
+from data.files import atomic_write_json, atomic_write_text
 from data.ranks import Dist
 
 
@@ -158,7 +158,11 @@ def _tuplify(x):
     return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def resumable_batches(loader, position, folder):
+class DataLost(ValueError):
+    """An epoch lost more of its samples to damaged shards than ``data.max_lost`` allows."""
+
+
+def resumable_batches(loader, position, folder, max_lost: float = 1.0):
     """Endless batches of an epoch-mode shard loader, epoch after epoch.
 
     ``position`` carries ``epoch`` and ``batch_in_epoch`` (checkpointed by the trainer):
@@ -166,6 +170,11 @@ def resumable_batches(loader, position, folder):
     without reading the consumed ones (``ShardStream.start_at_batch``); in an epoch's
     last rounds, where that is not possible, the consumed batches are read and dropped.
     A loader of ``folder`` that gives no batch at all raises ValueError.
+
+    Loss accounting: samples the loader skipped (corrupt or missing, counted by the shard
+    stream) go into ``position.lost_in_epoch`` while an epoch runs and into
+    ``position.data_lost[str(epoch)]`` when it ends (this rank's counts); an epoch that
+    lost more than ``max_lost`` of its samples raises DataLost.
     """
     while True:
         loader.dataset.set_epoch(position.epoch)
@@ -173,14 +182,27 @@ def resumable_batches(loader, position, folder):
         if not (first and loader.dataset.start_at_batch(first, loader.batch_size,
                                                          loader.num_workers)):
             first = 0
+        counted, base = loader.dataset.skipped, position.lost_in_epoch
         for index, batch in enumerate(loader, start=first):
+            position.lost_in_epoch = base + loader.dataset.skipped - counted
             if index < position.batch_in_epoch:
                 continue  # the replay fallback: the same batches, dropped
             position.batch_in_epoch = index + 1
             yield batch
+        position.lost_in_epoch = base + loader.dataset.skipped - counted
         if position.batch_in_epoch == 0:
-            raise ValueError(f"{folder} gives no full batch of {loader.batch_size} per rank")
-        position.epoch, position.batch_in_epoch = position.epoch + 1, 0
+            raise ValueError(f"{folder} gives no full batch of {loader.batch_size} per rank"
+                             + (f" ({position.lost_in_epoch} samples were unreadable)"
+                                if position.lost_in_epoch else ""))
+        lost, read = position.lost_in_epoch, position.batch_in_epoch * loader.batch_size
+        position.data_lost[str(position.epoch)] = lost
+        if lost > max_lost * (lost + read):
+            raise DataLost(f"epoch {position.epoch} lost {lost} of {lost + read} samples "
+                           f"({100 * lost / (lost + read):.1f}%) of rank {position.ranks.rank} "
+                           f"to damaged shards in {folder}, more than data.max_lost = "
+                           f"{max_lost:g}: rebuild the shards the warnings above name")
+        position.epoch, position.batch_in_epoch, position.lost_in_epoch = \
+            position.epoch + 1, 0, 0
 
 
 class TrainingRun:
@@ -194,6 +216,7 @@ class TrainingRun:
         self.cfg, self.ranks, self.out = cfg, ranks, Path(cfg.out)
         self.guard = NonFiniteGuard(cfg.max_bad_steps, ranks.world_size)
         self.epoch, self.batch_in_epoch = 0, 0  # the data position (resumable_batches)
+        self.lost_in_epoch, self.data_lost = 0, {}  # samples lost to damaged shards
         self.ema: EMA | None = None  # rank 0 only: it alone saves and exports
         self.progress = progress and ranks.main
         self.last_log: dict = {}  # the last logged interval's means
@@ -211,6 +234,7 @@ class TrainingRun:
     def run_state(self) -> dict:
         return {"config": configlib.to_dict(self.cfg), "world_size": self.ranks.world_size,
                 "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "lost_in_epoch": self.lost_in_epoch, "data_lost": dict(self.data_lost),
                 "skipped_steps": self.guard.skipped, "rng": rng_state(),
                 "ema": self.ema.state_dict() if self.ema is not None else None}
 
@@ -228,6 +252,8 @@ class TrainingRun:
 
     def load_run_state(self, state: dict, device) -> None:
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+        self.lost_in_epoch = state.get("lost_in_epoch", 0)
+        self.data_lost = dict(state.get("data_lost", {}))
         self.guard.skipped = state.get("skipped_steps", 0)
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"], device)
@@ -300,19 +326,50 @@ class TrainingRun:
                 means = dict(zip(sums, values, strict=True))  # the one sync per interval
                 sums, count = {}, 0
                 self.last_log = {"step": self.step_num, **means}
-                bar.set_postfix(self.postfix(means))
+                lost = self.samples_lost()
+                bar.set_postfix({**self.postfix(means), **({"lost": lost} if lost else {})})
                 if writer is not None:
                     for k, v in means.items():
                         writer.add_scalar(k, v, self.step_num)
                     writer.add_scalar("lr", self.lr(), self.step_num)
                     writer.add_scalar("skipped_steps", self.guard.skipped, self.step_num)
+                    writer.add_scalar("data/lost_samples", self.samples_lost(), self.step_num)
                     self.on_log(means, batch)
             if self.step_num % cfg.ckpt_every == 0 or self.step_num == end:
                 self.save()
         bar.close()
         if writer is not None:
             writer.close()
-        return {**self.last_log, "skipped_steps": self.guard.skipped}
+        return {**self.last_log, **self.accounting()}
+
+    def samples_lost(self) -> int:
+        """This rank's samples lost to damaged shards so far (ended epochs + this one)."""
+        return sum(self.data_lost.values()) + self.lost_in_epoch
+
+    def accounting(self) -> dict:
+        """What the run skipped and lost, over every rank (collective when world > 1):
+        non-finite batches, and samples lost to damaged shards, per epoch. Written to
+        ``OUT/run.json`` by rank 0."""
+        epochs = sorted({*map(int, self.data_lost), self.epoch})
+        counts = torch.tensor([self.data_lost.get(str(e), 0) if str(e) in self.data_lost
+                               else self.lost_in_epoch for e in epochs], dtype=torch.float64)
+        if self.ranks.world_size > 1:
+            dist.all_reduce(counts)
+        per_epoch = {str(e): int(c) for e, c in zip(epochs, counts.tolist(), strict=True) if c}
+        record = {"steps": self.step_num, "skipped_steps": self.guard.skipped,
+                  "data_lost": sum(per_epoch.values()), "data_lost_per_epoch": per_epoch}
+        if self.ranks.main:
+            atomic_write_json(self.out / "run.json", record, sort_keys=False)
+        return record
+
+    def loss_line(self, record: dict) -> str:
+        """The final line's account of what the run did not learn from."""
+        lost = record["data_lost"]
+        text = f"{record['skipped_steps']} batches skipped (non-finite loss)"
+        if lost:
+            epochs = ", ".join(f"epoch {e}: {n}" for e, n in record["data_lost_per_epoch"].items())
+            text += f", {lost} samples lost to damaged shards ({epochs})"
+        return text + ", 0 samples lost" * (not lost)
 
 
 # ---- the command line both trainers share -----------------------------------------------

@@ -151,7 +151,8 @@ def test_resume_refuses_other_settings_and_foreign_folders_and_says_what_it_read
     changed = Trainer(_cfg(tmp_path, tokens, "s", **{**sets, "optim__lr": 2e-4}),
                       progress=False)
     with pytest.raises(ValueError, match=r"other settings: optim\.lr: 0\.0001 -> 0\.0002\. "
-                                         r"Only attention, ckpt_every, compile, data\.tokens"):
+                                         r"Only attention, ckpt_every, compile, data\.max_lost, "
+                                         r"data\.tokens"):
         changed.resume()
     # a checkpoint written before a field existed counts it as its default
     tag = json.loads((tmp_path / "s" / "checkpoints" / "last.json").read_text())["tag"]

@@ -176,3 +176,33 @@ def test_evaluate_limit_counts_images_not_batches(digits):
     model = build_tokenizer(registry_config("gaussian-debug")).eval()
     report = evaluate(model, digits, batch_size=64, limit=10, progress=False)
     assert report["num_images"] == 10
+
+
+def test_samples_lost_to_a_damaged_shard_are_counted_and_can_stop_the_run(tmp_path, digits):
+    """A truncated shard: its unreadable samples are counted per epoch (result, run.json,
+    final line) instead of "0 skipped"; past data.max_lost the run stops in one line."""
+    import json
+    import shutil
+
+    from launch.trainer import DataLost
+
+    shards = tmp_path / "shards"
+    shutil.copytree(digits, shards)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    first = shards / manifest["shards"][0]["name"]
+    first.write_bytes(first.read_bytes()[: first.stat().st_size // 2])
+    per_epoch = (manifest["total"] - manifest["shards"][0]["count"] // 2 - 16) // 8 + 1
+    sets = dict(data__shards=shards, steps=per_epoch + 2, ckpt_every=1000)
+    trainer = Trainer(_cfg(tmp_path, digits, "lost", data__max_lost=1.0, **sets),
+                      progress=False)
+    result = trainer.run()
+    lost = result["data_lost_per_epoch"]["0"]
+    assert 0 < lost <= manifest["shards"][0]["count"]
+    total = sum(result["data_lost_per_epoch"].values())  # epoch 1 had begun: its count so far
+    assert result["data_lost"] == total and set(result["data_lost_per_epoch"]) <= {"0", "1"}
+    assert json.loads((tmp_path / "lost" / "run.json").read_text())["data_lost"] == total
+    assert f"{total} samples lost to damaged shards (epoch 0: {lost}" in trainer.loss_line(result)
+    strict = Trainer(_cfg(tmp_path, digits, "strict", **sets), progress=False)
+    with pytest.raises(DataLost, match=rf"epoch 0 lost {lost} of \d+ samples .* more than "
+                                       r"data\.max_lost = 0\.01"):
+        strict.run()
