@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
@@ -130,6 +131,7 @@ def build_shards(out: Path | str, settings: BuildSettings, *, builtin_name: str 
                  progress: bool = True) -> dict:
     """Build (or finish) the shard set in ``out``; returns the manifest it wrote."""
     out = Path(out)
+    created = not out.exists()
     src = Path(src).resolve() if src is not None else None
     classes, entries = _entries(settings, builtin_name, split, src)
     entries = [entries[i] for i in shard_order(len(entries), settings.order)]
@@ -172,6 +174,8 @@ def build_shards(out: Path | str, settings: BuildSettings, *, builtin_name: str 
         "skipped": skipped,
     }
     if manifest["total"] == 0:  # no manifest: the folder is no finished shard set
+        if created:  # nothing of this call stays behind
+            shutil.rmtree(out, ignore_errors=True)
         first = f" (first: {skipped[0]['source']}: {skipped[0]['reason']})" if skipped else ""
         raise DatasetError(f"none of the {len(entries)} inputs is a readable image{first}: "
                            "no shard set built")
