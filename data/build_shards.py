@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from data import builtin
 from data.cli import require_output_dir
-from data.files import atomic_write_json
+from data.files import atomic_write_json, read_json
 from data.imagefolder import DatasetError, scan_image_folder
 from data.images import FORMATS, center_crop_adm, encode_image, load_image_file, resize_short_side
 from data.tario import write_tar_atomic
@@ -116,7 +116,7 @@ def shard_order(n: int, order: str) -> list[int]:
 def _check_or_write(path: Path, obj, what: str) -> None:
     """Write obj once; on resume it must be unchanged."""
     if path.exists():
-        existing = json.loads(path.read_text())
+        existing = read_json(path, "shard build record")
         if existing != obj:
             raise DatasetError(
                 f"{path} holds other {what} than this build; use a new --out "
@@ -162,7 +162,8 @@ def build_shards(out: Path | str, settings: BuildSettings, *, builtin_name: str 
 
     shards, skipped = [], []
     for k in range(n_shards):
-        sidecar = json.loads((out / (shard_name(k) + ".json")).read_text())
+        sidecar = read_json(out / (shard_name(k) + ".json"), "shard record",
+                            ("name", "count", "skipped"))
         shards.append({"name": sidecar["name"], "count": sidecar["count"]})
         skipped.extend(sidecar["skipped"])
     manifest = {

@@ -16,7 +16,6 @@ drawn per sample per epoch (the first view when ``train=False``).
 """
 
 import io
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +27,7 @@ from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
 from data.build_shards import FORMAT_TAG as IMAGE_FORMAT
-from data.files import atomic_write_json
+from data.files import atomic_write_json, read_json
 from data.images import center_crop_array, decode_image
 from data.loader import own_generator
 from data.stream import ShardSetError, ShardStream, read_manifest
@@ -104,7 +103,7 @@ def write_token_shards(
                 "views": views, "vocab_sizes": list(vocab_sizes), "tokenizer": tokenizer,
                 "dtype": dtype.name, "token_layout": layout or {}}
     settings_path = out_dir / "settings.json"
-    if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
+    if settings_path.exists() and read_json(settings_path, "token extraction settings") != settings:
         raise ShardSetError(f"{out_dir} holds tokens made with other settings; use a new folder")
     atomic_write_json(settings_path, settings)
 
@@ -153,14 +152,14 @@ def finalize_token_shards(image_dir: Path | str, out_dir: Path | str) -> dict:
     """Write the token manifest once every shard of the image set has its token shard."""
     image_dir, out_dir = Path(image_dir), Path(out_dir)
     image_manifest = read_manifest(image_dir, IMAGE_FORMAT)
-    settings = json.loads((out_dir / "settings.json").read_text())
+    settings = read_json(out_dir / "settings.json", "token extraction settings")
     shards, shape = [], None
     for s in image_manifest["shards"]:
         sidecar = out_dir / (s["name"] + ".json")
         if not sidecar.exists():
             raise ShardSetError(f"{out_dir} lacks the token shard of {s['name']}: "
                                 "run the extraction for every rank first")
-        info = json.loads(sidecar.read_text())
+        info = read_json(sidecar, "token shard record", ("name", "count"))
         shards.append({"name": info["name"], "count": info["count"],
                        "skipped": info.get("skipped", 0)})
         shape = shape or info["shape"]

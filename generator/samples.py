@@ -3,7 +3,6 @@ checking sampling settings, decoding seeded batches to uint8 images, labelled gr
 library half of the sampling commands ``generator.sample`` and ``generator.sample_fid``.
 """
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -112,7 +111,7 @@ def load_matching_tokenizer(meta: dict, override=None, device="cpu"):
 def class_names(meta: dict) -> list[str] | None:
     image_dir = meta.get("image_dir")
     if image_dir and (Path(image_dir) / "classes.json").exists():
-        return json.loads((Path(image_dir) / "classes.json").read_text())["names"]
+        return read_json(Path(image_dir) / "classes.json", "class names", ("names",))["names"]
     return None
 
 

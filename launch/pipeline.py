@@ -32,8 +32,8 @@ from data import builtin
 from data import config as configlib
 from data.build_shards import BuildSettings, build_shards
 from data.builtin import mirror_refusal
-from data.files import atomic_write_bytes, atomic_write_json, atomic_write_text
-from data.ranks import env_rank_world
+from data.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from data.ranks import check_environment, env_rank_world
 from data.stream import read_manifest
 from data.tokens import FORMAT_TAG, finalize_token_shards, write_token_shards
 from eval import fid, leaderboard
@@ -147,7 +147,7 @@ class Pipeline:
         marker = self._marker(stage)
         if not marker.exists():
             return False
-        found = json.loads(marker.read_text())
+        found = read_json(marker, f"stage {stage}'s record")
         if config is not None and "config" in found:
             found["config"] = configlib.with_added_fields(
                 found["config"], record["config"], configlib.field_defaults(type(config)))
@@ -167,7 +167,7 @@ class Pipeline:
         if not marker.exists():
             raise StageError(f"stage '{stage}' has not finished in {self.dir(stage)}; run it "
                              "first (--stages " + stage + ")")
-        return json.loads(marker.read_text())
+        return read_json(marker, f"stage {stage}'s record")
 
     # ---- 0: data -------------------------------------------------------------------
     def stage_data(self) -> None:
@@ -342,6 +342,7 @@ class Pipeline:
     def check_configs(self) -> None:
         """Resolve every training stage's config (ConfigError naming the field) before
         any stage runs: a bad value in a later stage must not cost the earlier ones."""
+        check_environment()
         self.tokenizer_config()
         self.gpt_config()
 

@@ -118,3 +118,20 @@ def test_class_folders_without_any_image_build_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "none of the 2 inputs is a readable image" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_a_damaged_record_of_a_finished_shard_is_named(tmp_path, capsys):
+    """Re-running a build reads its shards' records: a damaged one is named with the
+    cause (it was a JSONDecodeError traceback)."""
+    from data import build_shards
+
+    args = ["--builtin", "digits", "--split", "heldout", "--out", str(tmp_path / "s"),
+            "--quiet"]
+    assert build_shards.main(args) == 0
+    capsys.readouterr()
+    record = sorted((tmp_path / "s").glob("shard-*.json"))[0]
+    record.write_text('{"name": ')
+    assert build_shards.main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"{record} (shard record) is not valid JSON" in err, err
