@@ -51,6 +51,17 @@ def read_manifest(folder: Path | str, expected_format: str) -> dict:
     return manifest
 
 
+def damaged_shards(folder: Path | str, manifest: dict) -> list[str]:
+    """Shards of a set that are missing, unreadable or hold fewer samples than their
+    manifest says (member headers only: cheap, and run only when data was lost)."""
+    folder, found = Path(folder), []
+    for shard in manifest["shards"]:
+        index = TarIndex(folder / shard["name"])
+        if index.damage is not None or len(index) < shard["count"]:
+            found.append(shard["name"])
+    return found
+
+
 class ShardStream(IterableDataset):
     """Streams decoded samples of one shard set for this rank and DataLoader worker.
 

@@ -36,6 +36,7 @@ from data import config as configlib
 from data.cli import OneLineParser
 from data.files import atomic_write_json, atomic_write_text
 from data.ranks import Dist
+from data.stream import damaged_shards
 
 
 class NonFiniteLoss(RuntimeError):
@@ -197,10 +198,14 @@ def resumable_batches(loader, position, folder, max_lost: float = 1.0):
         lost, read = position.lost_in_epoch, position.batch_in_epoch * loader.batch_size
         position.data_lost[str(position.epoch)] = lost
         if lost > max_lost * (lost + read):
+            damaged = damaged_shards(folder, loader.dataset.manifest)
+            which = (f"damaged: {', '.join(damaged[:3])}" + (f" (+{len(damaged) - 3} more)"
+                                                              if len(damaged) > 3 else "")
+                     if damaged else "the warnings above name the unreadable samples")
             raise DataLost(f"epoch {position.epoch} lost {lost} of {lost + read} samples "
                            f"({100 * lost / (lost + read):.1f}%) of rank {position.ranks.rank} "
-                           f"to damaged shards in {folder}, more than data.max_lost = "
-                           f"{max_lost:g}: rebuild the shards the warnings above name")
+                           f"in {folder}, more than data.max_lost = {max_lost:g}; {which}: "
+                           "rebuild them")
         position.epoch, position.batch_in_epoch, position.lost_in_epoch = \
             position.epoch + 1, 0, 0
 
@@ -294,10 +299,10 @@ class TrainingRun:
     def run(self, stop_after: int | None = None) -> dict:
         """Train to cfg.steps (or stop after ``stop_after`` steps, checkpointing there)."""
         cfg, main = self.cfg, self.ranks.main
+        resumed = self.resume()  # checked first: a refused resume changes no file
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "config.toml", configlib.dumps(cfg))
-        resumed = self.resume()
         end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
         bar = tqdm(total=cfg.steps, initial=self.step_num, desc=self.name, unit="step",
                    disable=not self.progress)

@@ -161,9 +161,12 @@ def test_resume_at_another_world_size_is_refused(tmp_path, digits):
     state = load_checkpoint(first.last_checkpoint)
     state["world_size"] = 2
     save_checkpoint(first.last_checkpoint, state)
-    again = Trainer(_cfg(tmp_path, digits, "w", steps=3, ckpt_every=2), progress=False)
+    written = (tmp_path / "w" / "config.toml").read_bytes()
+    again = Trainer(_cfg(tmp_path, digits, "w", steps=3, ckpt_every=2, log_every=7),
+                    progress=False)
     with pytest.raises(configlib.ConfigError, match="written by 2 ranks, this run has 1"):
-        again.resume()
+        again.run()
+    assert (tmp_path / "w" / "config.toml").read_bytes() == written  # a refusal changes nothing
 
 
 def test_evaluate_limit_counts_images_not_batches(digits):
@@ -204,5 +207,5 @@ def test_samples_lost_to_a_damaged_shard_are_counted_and_can_stop_the_run(tmp_pa
     assert f"{total} samples lost to damaged shards (epoch 0: {lost}" in trainer.loss_line(result)
     strict = Trainer(_cfg(tmp_path, digits, "strict", **sets), progress=False)
     with pytest.raises(DataLost, match=rf"epoch 0 lost {lost} of \d+ samples .* more than "
-                                       r"data\.max_lost = 0\.01"):
+                                       rf"data\.max_lost = 0\.01; damaged: {first.name}:"):
         strict.run()
