@@ -26,7 +26,13 @@ from eval.evaluator import GenerationEvaluator, Reference, extract
 from eval.frechet import METHODS
 from eval.inception import ADM_RESIZE, RESIZES, InceptionFeatures
 from eval.leaderboard import comparability_problems
-from eval.metrics import GENERATION_METRICS, METRICS, reference_needs_images, too_few_images
+from eval.metrics import (
+    GENERATION_METRICS,
+    METRICS,
+    metrics_needing_images,
+    reference_needs_images,
+    too_few_images,
+)
 from eval.sets import ImageSet, ImageSetError, fingerprint, open_set
 from eval.weights import WeightsUnavailable, resolve_inception
 
@@ -121,11 +127,9 @@ def evaluate(samples, ref, metrics=GENERATION_METRICS, *, batch_size: int = 50,
     if refusal:
         raise ImageSetError(refusal)
     ref_set = open_set(ref)
-    ref_embedded = ref_set.has_images and reference_needs_images(ref_set.stats, metrics)
-    if ref_embedded:
-        needing = [m for m in metrics if METRICS[m].reference_stats is None
-                   or any(k not in ref_set.stats for k in METRICS[m].reference_stats)]
-        refusal = too_few_images(ref_set.count, needing, f"the reference {ref}")
+    if ref_set.has_images:  # only the metrics that embed its images need enough of them
+        refusal = too_few_images(ref_set.count, metrics_needing_images(ref_set.stats, metrics),
+                                 f"the reference {ref}")
         if refusal:
             raise ImageSetError(refusal)
     warnings = unlike_sets(sample_set, ref_set) if ref_set.has_images else []

@@ -106,14 +106,17 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 GENERATION_METRICS = tuple(METRICS)
 
 
+def metrics_needing_images(stats: dict, metrics) -> list[str]:
+    """The requested metrics the reference's stored statistics do not suffice for: they
+    need its images embedded."""
+    return [name for name in metrics if METRICS[name].reference_stats is None
+            or any(k not in stats for k in METRICS[name].reference_stats)]
+
+
 def reference_needs_images(stats: dict, metrics) -> bool:
     """Whether the requested metrics need the reference's images embedded, or its
     stored statistics suffice."""
-    for name in metrics:
-        needed = METRICS[name].reference_stats
-        if needed is None or any(k not in stats for k in needed):
-            return True
-    return False
+    return bool(metrics_needing_images(stats, metrics))
 
 
 def too_few_images(count: int, metrics, where: str) -> str | None:

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from data.cli import positive_int, require_output_file
 from data.files import atomic_write_bytes, file_sha1
-from data.ranks import init_distributed
+from data.ranks import device_for, init_distributed
 from generator.sample import add_sampling_args, settings_from_args
 from generator.samples import BATCH_SEED_STRIDE as CHUNK_SEED_STRIDE
 from generator.samples import (
@@ -66,7 +66,7 @@ def sample_for_fid(ckpt, num: int, out: Path, settings: SamplingSettings, *, tok
     out = Path(out)
     require_output_file(out, "--out")  # before sampling, not after
     info = init_distributed()
-    device = f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu"
+    device = device_for(info)
     parts = out.with_name(out.name + ".parts")
     if num < 1:
         raise SampleError(f"--num must be positive, got {num}")

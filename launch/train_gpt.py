@@ -200,7 +200,6 @@ class Trainer(TrainingRun):
         gpt_cfg = build_gpt_config(cfg, manifest)
         super().__init__(cfg, launcher_env(), progress)  # DeepSpeed needs the variables
         self.manifest, self.gpt_cfg = manifest, gpt_cfg
-        self.rank, self.world = self.ranks.rank, self.ranks.world_size
         import deepspeed  # heavy (seconds) and noisy on the CPU: imported when a run starts
 
         cuda = torch.cuda.is_available()
@@ -220,7 +219,7 @@ class Trainer(TrainingRun):
         self.device = self.engine.device
         # the same initial weights everywhere (above); different dropout and label-drop
         # draws on every rank (restored per rank on resume)
-        torch.manual_seed(cfg.seed + RANK_SEED_STRIDE * self.rank)
+        torch.manual_seed(cfg.seed + RANK_SEED_STRIDE * self.ranks.rank)
         if cfg.ema_decay > 0 and cfg.deepspeed.zero_stage == 3:
             raise configlib.ConfigError("EMA weights need zero_stage <= 2 (stage 3 "
                                         "partitions parameters); set ema_decay = 0")
@@ -240,7 +239,8 @@ class Trainer(TrainingRun):
     def batches(self):
         loader = make_token_loader(self.cfg.data.tokens, batch_size=self.cfg.data.batch_size,
                                    train=True, num_workers=self.cfg.data.num_workers,
-                                   rank=self.rank, world_size=self.world, seed=self.cfg.seed)
+                                   rank=self.ranks.rank, world_size=self.ranks.world_size,
+                                   seed=self.cfg.seed)
         for tokens, labels in resumable_batches(loader, self, self.cfg.data.tokens,
                                                     self.cfg.data.max_lost):
             yield labels.to(self.device), tokens.to(self.device)
@@ -249,23 +249,24 @@ class Trainer(TrainingRun):
     def save(self) -> None:
         tag = f"step-{self.step_num:08d}"
         self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, save_latest=False)
-        save_checkpoint(self.checkpoints.state_file(tag, self.rank), {
+        save_checkpoint(self.checkpoints.state_file(tag, self.ranks.rank), {
             **self.run_state(), "gpt": configlib.to_dict(self.gpt_cfg),
             "tokenizer": self.manifest.get("tokenizer", {})})
-        if self.world > 1:
+        if self.ranks.world_size > 1:
             torch.distributed.barrier()
-        if self.rank == 0:  # the pointer moves only once every rank has written
+        if self.ranks.rank == 0:  # the pointer moves only once every rank has written
             self.checkpoints.commit(tag, self.step_num)
 
     def resume(self) -> bool:
         tag = self.checkpoints.last_tag()
         if tag is None:
             return False
-        state_file = self.checkpoints.state_file(tag, self.rank)
+        state_file = self.checkpoints.state_file(tag, self.ranks.rank)
         if not state_file.exists():
             found = sorted(p.name for p in (self.ckpt_dir / tag).glob("trainer_state_rank*.pt"))
             raise configlib.ConfigError(
-                f"{self.ckpt_dir / tag} has no state for rank {self.rank} of {self.world} "
+                f"{self.ckpt_dir / tag} has no state for rank {self.ranks.rank} of "
+                f"{self.ranks.world_size} "
                 f"(it holds {len(found)} rank files): resume with the world size it was "
                 "written with, or start a new --out")
         state = load_checkpoint(state_file)  # weights_only: checked before DeepSpeed's pickles
@@ -301,11 +302,11 @@ class Trainer(TrainingRun):
                 import deepspeed  # imported by __init__ already
 
                 with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                    if self.rank == 0:
+                    if self.ranks.rank == 0:
                         weights[name] = param.detach().float().cpu().clone()
-            elif self.rank == 0:
+            elif self.ranks.rank == 0:
                 weights[name] = param.detach().float()
-        return weights if self.rank == 0 else None
+        return weights if self.ranks.rank == 0 else None
 
     def export(self) -> Path | None:
         """EMA (or raw) weights as safetensors + config JSON beside them, for sampling.

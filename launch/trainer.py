@@ -33,7 +33,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from data import config as configlib
-from data.cli import OneLineParser
+from data.cli import OneLineParser, one_line_parser
 from data.files import atomic_write_json, atomic_write_text
 from data.ranks import Dist
 from data.stream import damaged_shards
@@ -338,7 +338,7 @@ class TrainingRun:
                         writer.add_scalar(k, v, self.step_num)
                     writer.add_scalar("lr", self.lr(), self.step_num)
                     writer.add_scalar("skipped_steps", self.guard.skipped, self.step_num)
-                    writer.add_scalar("data/lost_samples", self.samples_lost(), self.step_num)
+                    writer.add_scalar("data/lost_samples", lost, self.step_num)
                     self.on_log(means, batch)
             if self.step_num % cfg.ckpt_every == 0 or self.step_num == end:
                 self.save()
@@ -356,8 +356,9 @@ class TrainingRun:
         non-finite batches, and samples lost to damaged shards, per epoch. Written to
         ``OUT/run.json`` by rank 0."""
         epochs = sorted({*map(int, self.data_lost), self.epoch})
-        counts = torch.tensor([self.data_lost.get(str(e), 0) if str(e) in self.data_lost
-                               else self.lost_in_epoch for e in epochs], dtype=torch.float64)
+        # ended epochs from their record, the running one (not recorded yet) as counted so far
+        counts = torch.tensor([self.data_lost.get(str(e), self.lost_in_epoch) for e in epochs],
+                              dtype=torch.float64)
         if self.ranks.world_size > 1:
             dist.all_reduce(counts)
         per_epoch = {str(e): int(c) for e, c in zip(epochs, counts.tolist(), strict=True) if c}
@@ -369,19 +370,17 @@ class TrainingRun:
 
     def loss_line(self, record: dict) -> str:
         """The final line's account of what the run did not learn from."""
-        lost = record["data_lost"]
-        text = f"{record['skipped_steps']} batches skipped (non-finite loss)"
-        if lost:
-            epochs = ", ".join(f"epoch {e}: {n}" for e, n in record["data_lost_per_epoch"].items())
-            text += f", {lost} samples lost to damaged shards ({epochs})"
-        return text + ", 0 samples lost" * (not lost)
+        skipped = f"{record['skipped_steps']} batches skipped (non-finite loss)"
+        if not record["data_lost"]:
+            return f"{skipped}, 0 samples lost"
+        epochs = ", ".join(f"epoch {e}: {n}" for e, n in record["data_lost_per_epoch"].items())
+        return f"{skipped}, {record['data_lost']} samples lost to damaged shards ({epochs})"
 
 
 # ---- the command line both trainers share -----------------------------------------------
 def training_parser(prog: str, doc: str) -> OneLineParser:
     """--config, --set, --out, --compile, --quiet; a trainer adds its own flags."""
-    parser = OneLineParser(prog=prog, description=doc,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = one_line_parser(prog=prog, description=doc)
     parser.add_argument("--config", type=Path,
                         help="TOML run config (launch/configs/ holds examples)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
