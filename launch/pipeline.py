@@ -8,8 +8,11 @@
 Every stage reads the previous stage's folder under ``out`` and writes its own:
   data/train, data/heldout   image shards (data.build_shards)
   tokenizer/                 tokenizer run; tokenizer.safetensors + .json (launch.train_tokenizer)
-  codes/                     token shards of data/train (data.tokens), tokenizer recorded
-  gpt/                       DeepSpeed run; gpt.safetensors + gpt.json (launch.train_gpt)
+  codes/                     token shards of data/train (data.tokens), tokenizer recorded;
+                             codes/heldout: of data/heldout (centre view), the GPT's
+                             held-out set
+  gpt/                       DeepSpeed run; gpt.safetensors + gpt.json (launch.train_gpt),
+                             gpt-best.* (its lowest held-out loss)
   sample/                    grid.png and samples.npz (generator.sample[_fid])
   eval/                      result.json, leaderboard.md (eval.fid, eval.leaderboard)
 ``reuse`` points stages at other folders (e.g. ``reuse = {data = "runs/demo/data"}``:
@@ -67,6 +70,7 @@ class DataStage:
 class CodesStage:
     views: str = "tencrop"
     batch_size: int = 64
+    heldout: bool = True  # also codes/heldout (centre view): the GPT's held-out loss
 
 
 @dataclass
@@ -78,6 +82,11 @@ class SampleStage:
     schedule: str = "constant"  # or "linear" (1 at the first tuple, cfg at the last)
     guide: str = "all"  # tuple components guidance applies to ("all", "code", ...)
     order: str = "auto"  # order constraint on position tokens: auto, on, off
+    weights: str = "last"  # the GPT export sampled: "last" or "best" (lowest held-out loss)
+
+    def __post_init__(self):
+        if self.weights not in ("last", "best"):
+            raise ValueError(f"sample.weights must be 'last' or 'best', got {self.weights!r}")
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -104,10 +113,18 @@ class PipelineConfig:
     reuse: dict = field(default_factory=dict)  # stage -> folder used instead of out/stage
 
     def __post_init__(self):
+        if self.sample.weights == "best" and not self.tokenizes_heldout:
+            raise ValueError("sample.weights = 'best' needs held-out codes (codes.heldout = "
+                             "true and held-out images: a builtin or data.val_src)")
         unknown = set(self.reuse) - set(STAGES)
         if unknown:
             raise ValueError(f"reuse names unknown stages {sorted(unknown)}; choose from "
                              f"{STAGES}")
+
+    @property
+    def tokenizes_heldout(self) -> bool:
+        """Whether the codes stage tokenizes held-out images for the GPT's held-out loss."""
+        return self.codes.heldout and bool(self.data.builtin or self.data.val_src)
 
 
 class StageError(RuntimeError):
@@ -241,13 +258,30 @@ class Pipeline:
         _barrier()
         if self.rank == 0:
             finalize_token_shards(self.dir("data") / "train", self.dir("codes"))
+        if self.cfg.tokenizes_heldout:
+            self.log("codes: tokenizing data/heldout (centre view)")
+            write_token_shards(model.encode, self.dir("data") / "heldout", self.heldout_codes,
+                               image_size=model.cfg.image_size, vocab_sizes=model.vocab_sizes,
+                               tokenizer={"path": info["path"], "sha1": info["sha1"]},
+                               layout=model.token_layout.to_dict(), views="center",
+                               batch_size=self.cfg.codes.batch_size, rank=self.rank,
+                               world_size=self.world, progress=self.progress)
+            _barrier()
+            if self.rank == 0:
+                finalize_token_shards(self.dir("data") / "heldout", self.heldout_codes)
+        if self.rank == 0:
             self.finish("codes", record)
+
+    @property
+    def heldout_codes(self) -> Path:
+        return self.dir("codes") / "heldout"
 
     # ---- 3: gpt ----------------------------------------------------------------------
     def gpt_config(self) -> run_config.GPTRunConfig:
+        heldout = [f"data.heldout={self.heldout_codes}"] if self.cfg.tokenizes_heldout else []
         return run_config.resolve_gpt_table(configlib.apply_overrides(
             copy.deepcopy(self.cfg.gpt),
-            [f"data.tokens={self.dir('codes')}", f"out={self.dir('gpt')}"]))
+            [f"data.tokens={self.dir('codes')}", f"out={self.dir('gpt')}", *heldout]))
 
     def stage_gpt(self) -> None:
 
@@ -281,7 +315,8 @@ class Pipeline:
             return self.log("sample: done")
         out = self.dir("sample")
         out.mkdir(parents=True, exist_ok=True)
-        ckpt = self.dir("gpt") / "gpt.safetensors"
+        ckpt = self.dir("gpt") / ("gpt-best.safetensors" if s.weights == "best" else
+                                  "gpt.safetensors")
         settings = SamplingSettings(cfg=s.cfg, schedule=s.schedule, guide=s.guide,
                                     order=s.order, temperature=s.temperature, top_k=s.top_k,
                                     top_p=s.top_p, seed=s.seed, batch_size=s.batch_size)

@@ -168,6 +168,9 @@ def resolve_tokenizer_table(data: dict) -> TokenizerRunConfig:
 @dataclass
 class TokenData(LoaderConfig):
     tokens: str = ""  # token shard folder (the pipeline's codes stage)
+    # token shards of held-out images (the pipeline's codes/heldout): the exported weights'
+    # held-out loss every ``eval_every`` steps, and the best of them exported as gpt-best
+    heldout: str = ""
     batch_size: int = 32  # micro-batch per rank
 
 
@@ -220,9 +223,11 @@ class GPTRunConfig(RunSettings):
     # "auto": xformers' memory-efficient attention where it runs on CUDA, else PyTorch's
     # scaled_dot_product_attention; "sdpa" or "xformers" to choose
     attention: str = "auto"
+    eval_every: int = 0  # held-out evaluation cadence in steps (data.heldout); 0 = ckpt_every
 
     def __post_init__(self):
         super().__post_init__()
+        configlib.require_at_least(self, 0, "eval_every")
         if self.size not in SIZES:
             raise ValueError(f"size must be one of {list(SIZES)}, got {self.size!r}")
         if self.attention not in ATTENTION:
@@ -238,8 +243,11 @@ class GPTRunConfig(RunSettings):
 
 # what a resumed GPT run may change; anything else would silently make another run
 # (data.tokens may move: the tokenizer fingerprint and the GPT config are checked apart)
+# data.heldout and eval_every may change too: they choose what is measured, not what is
+# trained (an evaluation already made stays in the record)
 GPT_RESUMABLE = frozenset({"steps", "log_every", "ckpt_every", "out", "max_bad_steps",
-                           "data.tokens", "data.max_lost", "compile", "attention"})
+                           "data.tokens", "data.max_lost", "compile", "attention",
+                           "data.heldout", "eval_every"})
 
 
 def resolve_gpt_config(path=None, overrides=None) -> GPTRunConfig:

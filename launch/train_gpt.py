@@ -8,13 +8,18 @@ TOKENS is a token shard folder: the codes stage of ``python -m launch.pipeline``
 the demo) writes one, ``OUT/codes``.
 
 The GPT's vocabularies, tuple length and class count come from the token shards'
-manifest, and the tokenizer that made them is recorded in every checkpoint and
-export. Re-running the same command resumes exactly from the last checkpoint
-(DeepSpeed's model/optimizer/schedule state plus our own file with the data
-position, EMA weights and every RNG). Every checkpoint file, DeepSpeed's too, is loaded
-weights-only: tensors, plain containers and the few DeepSpeed types named in
-``DEEPSPEED_SAFE_GLOBALS``; a file holding anything else is refused in one line (loading
-it would run code from it). Share the exported ``gpt.safetensors`` + ``gpt.json``.
+manifest, and the tokenizer that made them is recorded in every checkpoint and export.
+With ``data.heldout`` (token shards of held-out images: the pipeline's
+``OUT/codes/heldout``) the weights that would be exported are scored on them every
+``eval_every`` steps (``generator.heldout``: NLL per component, bits per image; in
+TensorBoard under heldout/ and in gpt.json), and the lowest held-out loss is exported as
+``gpt-best.safetensors`` + ``gpt-best.json`` beside the last weights. Re-running the
+same command resumes exactly from the last checkpoint (DeepSpeed's
+model/optimizer/schedule state plus our own file with the data position, EMA weights and
+every RNG). Every checkpoint file, DeepSpeed's too, is loaded weights-only: tensors,
+plain containers and the few DeepSpeed types named in ``DEEPSPEED_SAFE_GLOBALS``; a file
+holding anything else is refused in one line (loading it would run code from it).
+Share the exported ``gpt.safetensors`` + ``gpt.json``.
 """
 
 import argparse
@@ -34,6 +39,7 @@ from data.files import (
     atomic_write_json,
     first_line,
     load_checkpoint,
+    load_state,
     save_checkpoint,
     save_weights,
 )
@@ -41,6 +47,7 @@ from data.ranks import check_environment, launcher_env
 from data.stream import read_manifest
 from data.tokens import FORMAT_TAG, make_token_loader
 from generator.config import GPTConfig, gpt_config
+from generator.heldout import heldout_nll
 from generator.model import GPT, use_attention
 from launch.run_config import GPT_RESUMABLE, GPTRunConfig, resolve_gpt_config
 from launch.trainer import (
@@ -88,6 +95,22 @@ def build_gpt_config(cfg: GPTRunConfig, manifest: dict) -> GPTConfig:
                       class_dropout=m.class_dropout, qk_norm=m.qk_norm,
                       position_embed=m.position_embed, class_rope=m.class_rope,
                       layout=manifest.get("token_layout"))
+
+
+def check_heldout(heldout, tokens, manifest: dict) -> None:
+    """ConfigError unless the held-out token shards fit the training tokens (same
+    tokenizer, vocabularies, sequence and tuple length)."""
+    theirs = read_manifest(heldout, FORMAT_TAG)
+    for key in ("vocab_sizes", "num_tokens", "tuple_size", "num_classes"):
+        if theirs.get(key) != manifest.get(key):
+            raise configlib.ConfigError(
+                f"data.heldout {heldout} has {key} {theirs.get(key)}, the training tokens "
+                f"{tokens} have {manifest.get(key)}: both must come from one tokenizer")
+    ours, other = manifest.get("tokenizer", {}), theirs.get("tokenizer", {})
+    if ours.get("sha1") != other.get("sha1"):
+        raise configlib.ConfigError(
+            f"data.heldout {heldout} comes from tokenizer sha1 {str(other.get('sha1'))[:12]}, "
+            f"the training tokens from {str(ours.get('sha1'))[:12]}")
 
 
 def weights_only_load(path, map_location=None):
@@ -198,6 +221,8 @@ class Trainer(TrainingRun):
             raise configlib.ConfigError("data.tokens is not set (a token shard folder)")
         manifest = read_manifest(cfg.data.tokens, FORMAT_TAG)
         gpt_cfg = build_gpt_config(cfg, manifest)
+        if cfg.data.heldout:
+            check_heldout(cfg.data.heldout, cfg.data.tokens, manifest)
         super().__init__(cfg, launcher_env(), progress)  # DeepSpeed needs the variables
         self.manifest, self.gpt_cfg = manifest, gpt_cfg
         import deepspeed  # heavy (seconds) and noisy on the CPU: imported when a run starts
@@ -226,6 +251,10 @@ class Trainer(TrainingRun):
         self.start_ema(self.gpt, cfg.ema_decay)
         self.checkpoints = CheckpointFolder(self.out / "checkpoints")
         self.result: dict = {}  # run()'s accounting, recorded in the export
+        # held-out evaluations so far (rank 0) and the one with the lowest loss
+        self.heldout_log: list[dict] = []
+        self.heldout_best: dict | None = None
+        self._eval_gpt: GPT | None = None
 
     @property
     def step_num(self) -> int:
@@ -251,7 +280,8 @@ class Trainer(TrainingRun):
         self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, save_latest=False)
         save_checkpoint(self.checkpoints.state_file(tag, self.ranks.rank), {
             **self.run_state(), "gpt": configlib.to_dict(self.gpt_cfg),
-            "tokenizer": self.manifest.get("tokenizer", {})})
+            "tokenizer": self.manifest.get("tokenizer", {}),
+            "heldout": {"log": self.heldout_log, "best": self.heldout_best}})
         if self.ranks.world_size > 1:
             torch.distributed.barrier()
         if self.ranks.rank == 0:  # the pointer moves only once every rank has written
@@ -282,6 +312,8 @@ class Trainer(TrainingRun):
                 f"tokens of sha1 {str(theirs.get('sha1'))[:12]}; use a new --out")
         self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
         self.load_run_state(state, self.device)  # the EMA on the parameters' device
+        heldout = state.get("heldout") or {}
+        self.heldout_log, self.heldout_best = list(heldout.get("log", [])), heldout.get("best")
         self.resumed_from = self.ckpt_dir / tag
         return True
 
@@ -314,16 +346,63 @@ class Trainer(TrainingRun):
         weights = self.full_weights()
         if weights is None:
             return None
-        path = self.out / "gpt.safetensors"
+        return self.write_export(self.out / "gpt.safetensors", weights, self.step_num)
+
+    def write_export(self, path: Path, weights: dict, step: int) -> Path:
+        """``path`` (safetensors) + its JSON record (rank 0): config, tokenizer, the
+        weights' step, the training log and the held-out evaluations so far."""
         save_weights(path, weights)
         meta = {"gpt": configlib.to_dict(self.gpt_cfg),
                 "tokenizer": self.manifest.get("tokenizer", {}),
                 "tokens": str(Path(self.cfg.data.tokens).resolve()),
                 "image_dir": self.manifest.get("image_dir"), "weights": "ema" if self.ema else
-                "raw", "steps": self.step_num, "train_log": self.train_log(),
+                "raw", "steps": step, "train_log": self.train_log(),
                 "data_lost": self.result.get("data_lost_per_epoch", {})}
+        if self.heldout_log:
+            meta["heldout"] = next((r for r in reversed(self.heldout_log) if r["step"] <= step),
+                                   None)
+            meta["heldout_best"] = self.heldout_best
+            meta["heldout_log"] = [r for r in self.heldout_log if r["step"] <= step]
         atomic_write_json(path.with_suffix(".json"), meta, sort_keys=False)
         return path
+
+    # ---- held-out loss ------------------------------------------------------------------
+    def after_step(self, writer) -> None:
+        """Held-out evaluation every eval_every steps and at the last (not where a run is
+        stopped early: a resumed run then records what an uninterrupted one does)."""
+        if not self.cfg.data.heldout:
+            return
+        every = self.cfg.eval_every or self.cfg.ckpt_every
+        if self.step_num % every == 0 or self.step_num == self.cfg.steps:
+            self.evaluate_heldout(writer)
+
+    def evaluate_heldout(self, writer=None) -> dict | None:
+        """The exported weights' (EMA or raw) held-out loss at this step, on rank 0;
+        a new lowest loss is exported as ``OUT/gpt-best.safetensors`` (+ .json).
+        Collective (the weights are gathered); returns the record on rank 0."""
+        weights = self.full_weights()
+        record = None
+        if weights is not None:
+            if self._eval_gpt is None:  # its random init must not move the run's RNG
+                with torch.random.fork_rng(devices=[]):
+                    self._eval_gpt = GPT(self.gpt_cfg).to(self.device)
+            load_state(self._eval_gpt, weights, "the weights being trained")
+            loader = make_token_loader(self.cfg.data.heldout,
+                                       batch_size=self.cfg.data.batch_size, train=False,
+                                       rank=0, world_size=1, seed=self.cfg.seed)
+            record = {"step": self.step_num, **heldout_nll(self._eval_gpt, loader,
+                                                           self.device)}
+            self.heldout_log.append(record)
+            if self.heldout_best is None or record["loss"] < self.heldout_best["loss"]:
+                self.heldout_best = record
+                self.write_export(self.out / "gpt-best.safetensors", weights, self.step_num)
+            if writer is not None:
+                for key, value in record.items():
+                    if key.startswith(("loss", "accuracy", "bits_per_image")):
+                        writer.add_scalar(f"heldout/{key}", value, self.step_num)
+        if self.ranks.world_size > 1:
+            torch.distributed.barrier()
+        return record
 
     def train_log(self) -> dict:
         """The last logged interval's means: loss, and per component loss and accuracy."""

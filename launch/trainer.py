@@ -292,6 +292,11 @@ class TrainingRun:
     def on_log(self, means: dict, batch) -> None:
         """Called on rank 0 after each logged interval (pictures, say)."""
 
+    def after_step(self, writer) -> None:
+        """Called on every rank after each optimizer step, before a checkpoint at that
+        step is written (a held-out evaluation, say); ``writer`` is rank 0's TensorBoard
+        writer (None elsewhere)."""
+
     def resume_message(self) -> str:
         return f"resumed from {self.resumed_from} at step {self.step_num}"
 
@@ -340,6 +345,7 @@ class TrainingRun:
                     writer.add_scalar("skipped_steps", self.guard.skipped, self.step_num)
                     writer.add_scalar("data/lost_samples", lost, self.step_num)
                     self.on_log(means, batch)
+            self.after_step(writer)
             if self.step_num % cfg.ckpt_every == 0 or self.step_num == end:
                 self.save()
         bar.close()

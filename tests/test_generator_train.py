@@ -50,7 +50,8 @@ def test_a_few_deepspeed_steps_lower_the_loss(tmp_path, tokens):
 
 def test_killed_and_resumed_equals_uninterrupted(tmp_path, tokens):
     sets = dict(steps=6, ckpt_every=2, deepspeed__grad_accum=2, ema_decay=0.9,
-                optim__schedule="cosine", optim__warmup_steps=2, model__dropout=0.1)
+                optim__schedule="cosine", optim__warmup_steps=2, model__dropout=0.1,
+                data__heldout=tokens, eval_every=2)
     straight = Trainer(_cfg(tmp_path, tokens, "a", **sets), progress=False)
     straight.run()
     first = Trainer(_cfg(tmp_path, tokens, "b", **sets), progress=False)
@@ -65,6 +66,9 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, tokens):
         assert torch.equal(a, b), f"{name} differs after resume"
     for name in straight.ema:
         assert torch.equal(straight.ema[name], resumed.ema[name])
+    # the held-out record too: evaluations before the kill come from the checkpoint
+    assert [r["step"] for r in resumed.heldout_log] == [2, 4, 6]
+    assert resumed.heldout_log == straight.heldout_log
     # the export loads into a GPT with the recorded config
     path = resumed.export()
     meta = json.loads(path.with_suffix(".json").read_text())
@@ -151,8 +155,8 @@ def test_resume_refuses_other_settings_and_foreign_folders_and_says_what_it_read
     changed = Trainer(_cfg(tmp_path, tokens, "s", **{**sets, "optim__lr": 2e-4}),
                       progress=False)
     with pytest.raises(ValueError, match=r"other settings: optim\.lr: 0\.0001 -> 0\.0002\. "
-                                         r"Only attention, ckpt_every, compile, data\.max_lost, "
-                                         r"data\.tokens"):
+                                         r"Only attention, ckpt_every, compile, data\.heldout, "
+                                         r"data\.max_lost, data\.tokens, eval_every"):
         changed.resume()
     # a checkpoint written before a field existed counts it as its default
     tag = json.loads((tmp_path / "s" / "checkpoints" / "last.json").read_text())["tag"]
@@ -241,3 +245,62 @@ def test_a_payload_in_deepspeeds_checkpoint_is_refused_and_never_runs(tmp_path, 
     assert not marker.exists()
     torch.load(target, weights_only=False)  # the payload is live: plain unpickling runs it
     assert marker.is_dir()
+
+
+def _by_hand_nll(weights_path, heldout, batch_size):
+    """Summed NLL per component of every held-out token under an exported GPT: logits
+    of the same batches, log-softmax and the targets' entries taken in float64."""
+    from data.tokens import make_token_loader
+    from generator.samples import load_gpt
+
+    gpt, _ = load_gpt(weights_path)
+    total, images = None, 0
+    with torch.no_grad():
+        for toks, labels in make_token_loader(heldout, batch_size=batch_size, train=False):
+            logits = gpt(labels, toks)
+            nll = torch.stack([-torch.log_softmax(lg.double(), -1).gather(
+                -1, toks[..., k, None]).sum() for k, lg in enumerate(logits)])
+            total = nll if total is None else total + nll
+            images += toks.shape[0]
+    return total, images, toks.shape[1]
+
+
+def test_heldout_loss_is_the_by_hand_nll_and_the_best_weights_are_exported(tmp_path, tokens):
+    # held-out sequences run backwards: learning the training set's makes the held-out
+    # loss rise, so the best step is not the last one
+    misleading = make_token_set(tmp_path / "heldout", n=40, seed=1, direction=-1)
+    cfg = _cfg(tmp_path, tokens, "run", steps=8, eval_every=2, ema_decay=0.0,
+               optim__lr=3e-3, data__heldout=misleading)
+    trainer = Trainer(cfg, progress=False)
+    trainer.run()
+    trainer.export()
+    last = json.loads((tmp_path / "run" / "gpt.json").read_text())
+    best = json.loads((tmp_path / "run" / "gpt-best.json").read_text())
+    log = last["heldout_log"]
+    assert [r["step"] for r in log] == [2, 4, 6, 8] and last["heldout"] == log[-1]
+    losses = [r["loss"] for r in log]
+    assert best["steps"] == log[losses.index(min(losses))]["step"] != 8
+    assert best["heldout"] == best["heldout_best"] == last["heldout_best"]
+    # fp32 cross-entropy summed over a batch's n = 8 x 6 tokens: relative error at most
+    # n u (u = 2^-24) from the sum plus n u from each term's log-softmax rounding
+    rel = 2 * 8 * 6 * 2.0**-24
+    for path, record in (("gpt.safetensors", last["heldout"]),
+                         ("gpt-best.safetensors", best["heldout"])):
+        nll, images, n = _by_hand_nll(tmp_path / "run" / path, misleading, 8)
+        assert record["images"] == images == 40
+        for k, name in enumerate(("c0", "c1")):
+            assert record[f"loss_{name}"] == pytest.approx(float(nll[k]) / (images * n),
+                                                           rel=rel)
+            assert record[f"bits_per_image_{name}"] == pytest.approx(
+                float(nll[k]) / (images * math.log(2)), rel=rel)
+        assert record["bits_per_image"] == pytest.approx(
+            float(nll.sum()) / (images * math.log(2)), rel=rel)
+    assert best["heldout"]["loss"] < last["heldout"]["loss"]
+
+
+def test_heldout_tokens_of_another_tokenizer_are_one_line(tmp_path, tokens, capsys):
+    other = make_token_set(tmp_path / "other", n=16, vocab=(8, 5))
+    assert main(["--set", f"data.tokens={tokens}", "--set", f"data.heldout={other}",
+                 "--set", f"out={tmp_path / 'run'}", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "data.heldout" in err and "vocab_sizes [8, 5]" in err and "\n" not in err

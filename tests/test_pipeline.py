@@ -60,6 +60,14 @@ def test_every_stage_runs_and_writes_its_outputs(run):
     assert (out / "tokenizer" / "tokenizer.safetensors").exists()
     assert json.loads((out / "codes" / "manifest.json").read_text())["total"] == 640
     assert (out / "gpt" / "gpt.safetensors").exists()
+    # the held-out images' codes (one view each) give the GPT's held-out loss at its end
+    heldout = json.loads((out / "codes" / "heldout" / "manifest.json").read_text())
+    images = json.loads((out / "data" / "heldout" / "manifest.json").read_text())["total"]
+    assert heldout["total"] == images and heldout["num_views"] == 1
+    record = json.loads((out / "gpt" / "gpt.json").read_text())["heldout"]
+    assert record["step"] == 3 and record["images"] == images and record["bits_per_image"] > 0
+    best = json.loads((out / "gpt" / "gpt-best.json").read_text())
+    assert best["heldout"]["loss"] == record["loss"]  # the only evaluation: at step 3
     assert (out / "sample" / "grid.png").exists()
     result = json.loads((out / "eval" / "result.json").read_text())
     assert set(result["metrics"]) == {"fid", "prec", "recall"}

@@ -6,15 +6,16 @@ import pytest
 import torch
 
 from tokenizer.build import build_tokenizer
-from tokenizer.config import GaussianConfig, QuantizerConfig
+from tokenizer.config import GaussianConfig, QuantizerConfig, VQConfig
 from tokenizer.gaussian import Geometry
 from tokenizer.quantize import VectorQuantizer, rotation_trick
 from tokenizer.registry import registry_config
 
 
 def _model(kind, **quantizer):
+    """A registry size ("gaussian-debug64"), or a kind's debug size ("vq")."""
     torch.manual_seed(0)
-    cfg = registry_config(f"{kind}-debug")
+    cfg = registry_config(kind if "-" in kind else f"{kind}-debug")
     for k, v in quantizer.items():
         setattr(cfg.quantizer, k, v)
     return build_tokenizer(cfg)
@@ -164,7 +165,7 @@ def test_tokens_are_in_canonical_raster_order():
     assert order.tolist() == [[3, 1, 4, 0, 2]]  # ties keep anchor order
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "vq"])
+@pytest.mark.parametrize("kind", ["gaussian", "vq", "gaussian-debug64"])
 def test_decode_of_encode_is_the_models_reconstruction(kind):
     model = _model(kind)
     model(_images(8, 4))  # one training-mode pass: k-means init, EMA update
@@ -174,7 +175,7 @@ def test_decode_of_encode_is_the_models_reconstruction(kind):
         recon, _ = model(x)
     assert torch.equal(model.decode(model.encode(x)), recon)
     # the token order is irrelevant to decode (the splat is a sum): up to rounding
-    if kind == "gaussian":
+    if kind.startswith("gaussian"):
         tokens = model.encode(x)
         shuffled = tokens[:, torch.randperm(tokens.shape[1])]
         torch.testing.assert_close(model.decode(shuffled), recon, rtol=1e-5, atol=1e-5)
@@ -201,6 +202,44 @@ def test_registry_settings():
     assert gd.num_tokens == vd.num_tokens == 16  # the baseline matches the token count
     with pytest.raises(ValueError, match="unknown tokenizer size"):
         registry_config("huge")
+    # the ImageNet setting's density at 32 px: 64 Gaussians, 4 splat pixels each, 4
+    # position bins per splat pixel, the debug size's spacing in splat pixels
+    dense, debug = registry_config("gaussian-debug64").gaussian, registry_config(
+        "gaussian-debug").gaussian
+    assert (dense.num_gaussians, dense.splat_size, dense.position_bins) == (64, 16, 64)
+    assert dense.splat_size**2 / dense.num_gaussians == imagenet.gaussian.splat_size**2 / \
+        imagenet.gaussian.num_gaussians == 4
+    assert dense.splat_size / dense.num_gaussians**0.5 == debug.splat_size / \
+        debug.num_gaussians**0.5
+    assert build_tokenizer(registry_config("gaussian-debug64")).vocab_sizes == [4096, 64, 128]
+
+
+def test_vq_decoder_map_gives_the_dense_gaussian_rows_decoder():
+    """vq.decoder_map 16: an 8x8 grid of codes repeated to 16x16 and decoded by the very
+    decoder of gaussian-debug64 (same tensors and shapes), fed a 16x16 map."""
+    cfg = registry_config("vq-debug")
+    cfg.encoder.ch_mult, cfg.vq.grid, cfg.vq.rounds, cfg.vq.decoder_map = (1, 2, 2), 8, 2, 16
+    cfg.__post_init__()
+    vq = build_tokenizer(cfg).eval()
+    gaussian = build_tokenizer(registry_config("gaussian-debug64"))
+    shapes = {k: tuple(v.shape) for k, v in vq.decoder.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in gaussian.decoder.state_dict().items()}
+    seen = []
+    vq.decoder.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    x = _images(2, 3)
+    with torch.no_grad():
+        tokens = vq.encode(x)
+        assert tokens.shape == (2, 64, 1)
+        vq.decode(tokens)
+    codes = vq.quantizer.codes(tokens[..., 0]).view(2, 8, 8, -1).permute(0, 3, 1, 2)
+    assert seen[-1].shape == (2, 8, 16, 16)
+    assert torch.equal(seen[-1], codes.repeat_interleave(2, -1).repeat_interleave(2, -2))
+    for side in (12, 24):  # not a multiple of 8; 32 / 24 not a power of two
+        cfg.vq.decoder_map = side
+        with pytest.raises(ValueError, match="multiple of the token grid"):
+            cfg.__post_init__()
+    with pytest.raises(ValueError, match="decoder_map must be 0 or positive"):
+        VQConfig(decoder_map=-1)
 
 
 def test_taming_vq_trains_with_its_codebook_on_the_sphere():

@@ -11,8 +11,10 @@ from data.tokens import FORMAT_TAG
 
 
 def make_token_set(folder: Path, *, n=96, classes=4, num_tokens=6, vocab=(8, 6),
-                   views=2, shard_size=32, seed=0) -> Path:
-    """Tuple i of class c: component k = (c * (k + 1) + i) % V_k, with 10% noise."""
+                   views=2, shard_size=32, seed=0, direction=1) -> Path:
+    """Tuple i of class c: component k = (c * (k + 1) + direction * i) % V_k, with 10%
+    noise (direction -1 reverses what follows what: a GPT learning the one set gets
+    worse at the other)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     shards = []
@@ -22,7 +24,7 @@ def make_token_set(folder: Path, *, n=96, classes=4, num_tokens=6, vocab=(8, 6),
             c = j % classes
             arr = np.zeros((views, num_tokens, len(vocab)), dtype=np.uint16)
             for k, v in enumerate(vocab):
-                clean = (c * (k + 1) + np.arange(num_tokens)) % v
+                clean = (c * (k + 1) + direction * np.arange(num_tokens)) % v
                 noise = rng.integers(0, v, (views, num_tokens))
                 arr[..., k] = np.where(rng.random((views, num_tokens)) < 0.1, noise, clean)
             buf = io.BytesIO()

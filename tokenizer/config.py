@@ -127,9 +127,13 @@ class VQConfig:
     rounds: int = 0
     hidden: int = 256
     heads: int = 4
+    # side of the map the decoder is fed; 0 = the encoder's grid. Larger: the codes are
+    # repeated (nearest) up to it and the decoder has one level fewer per doubling, the
+    # decoder of a GaussianToken whose splat map has that side (a same-decoder control).
+    decoder_map: int = 0
 
     def __post_init__(self):
-        for name in ("grid", "rounds"):
+        for name in ("grid", "rounds", "decoder_map"):
             if getattr(self, name) < 0:
                 raise ValueError(f"vq.{name} must be 0 or positive")
         if self.hidden < 1 or self.heads < 1 or self.hidden % self.heads:
@@ -161,6 +165,15 @@ class TokenizerConfig:
         if self.vq.grid and self.feature_grid % self.vq.grid:
             raise ValueError(f"vq.grid {self.vq.grid} must divide the encoder's grid "
                              f"{self.feature_grid} (or be 0)")
+        side = self.vq.decoder_map
+        if side and (side % self.grid or self.image_size % side
+                     or (self.image_size // side) & (self.image_size // side - 1)):
+            raise ValueError(f"vq.decoder_map {side} must be a multiple of the token grid "
+                             f"{self.grid} and image_size / decoder_map a power of two "
+                             f"(or be 0)")
+        if side and self.encoder.style == "taming":
+            raise ValueError("vq.decoder_map is for the resnet style (the taming trunk's "
+                             "decoder is fixed)")
 
     @property
     def feature_grid(self) -> int:
@@ -171,3 +184,8 @@ class TokenizerConfig:
     def grid(self) -> int:
         """Side of the VQ baseline's token grid."""
         return self.vq.grid or self.feature_grid
+
+    @property
+    def decoder_map(self) -> int:
+        """Side of the map the VQ baseline's decoder is fed."""
+        return self.vq.decoder_map or self.feature_grid

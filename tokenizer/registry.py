@@ -24,6 +24,13 @@ def _debug(kind: str) -> TokenizerConfig:
     )
 
 
+def _debug64() -> TokenizerConfig:
+    cfg = _debug("gaussian")
+    cfg.gaussian.num_gaussians, cfg.gaussian.splat_size, cfg.gaussian.position_bins = 64, 16, 64
+    cfg.__post_init__()
+    return cfg
+
+
 def llamagen_vq(image_size: int = 256, ch_mult=(1, 1, 2, 2, 4), codebook_size: int = 16384,
                 dim: int = 8, channels: int = 128, z_channels: int = 256,
                 res_blocks: int = 2, l2_norm: bool = True) -> TokenizerConfig:
@@ -40,6 +47,11 @@ REGISTRY = {
     # runs on a laptop CPU in minutes: 32 px, 16 Gaussians / a 4x4 grid (16 tokens)
     "gaussian-debug": lambda: _debug("gaussian"),
     "vq-debug": lambda: _debug("vq"),
+    # the debug trunk at the ImageNet setting's density: 64 Gaussians onto a 16x16 splat
+    # (4 splat pixels per Gaussian, as 256 onto 32x32), 4 position bins per splat pixel;
+    # the spacing in splat pixels is the debug size's, so max_move and the scale range
+    # (splat pixels) and the anchors (half the spacing) keep their relation to it
+    "gaussian-debug64": lambda: _debug64(),
     # the published CIFAR setting: 32 px, 64 Gaussians onto 16x16x3 (here x8 codes)
     "gaussian-cifar": lambda: TokenizerConfig(
         kind="gaussian", image_size=32,

@@ -1,8 +1,8 @@
 """The plain VQ baseline: a grid of codes, with our conv family or LlamaGen's VQGAN trunk.
 
 image [B, 3, S, S] -> Encoder -> [B, dim, f, f] -> (average-pooled to the token grid
-g x g when ``vq.grid`` is set) -> vector quantiser -> (codes repeated back to f x f)
--> Decoder. Tokens: [B, g*g, 1] in raster order, the tuple being (code,).
+g x g when ``vq.grid`` is set) -> vector quantiser -> (codes repeated back to f x f,
+or to ``vq.decoder_map``) -> Decoder. Tokens: [B, g*g, 1] in raster order, the tuple being (code,).
 With ``encoder.style = "taming"`` (LlamaGen's VQ-16 / VQ-8) the encoder gives
 [B, z_channels, f, f] and 1x1 convs map to the code dimension (``quant_conv``) and
 back (``post_quant_conv``); with ``quantizer.l2_norm`` codes and encoder outputs are
@@ -55,7 +55,8 @@ class VQTokenizer(Tokenizer):
         else:
             self.encoder = Encoder(cfg.encoder, cfg.quantizer.dim)
         self.quantizer = VectorQuantizer(cfg.quantizer)
-        self.decoder = Decoder(cfg.encoder, cfg.quantizer.dim, cfg.encoder.factor)
+        self.decoder = Decoder(cfg.encoder, cfg.quantizer.dim,
+                               cfg.image_size // cfg.decoder_map)
 
     @property
     def vocab_sizes(self) -> list[int]:
@@ -86,8 +87,9 @@ class VQTokenizer(Tokenizer):
         return recon, {**losses, "tokens": indices.flatten(1)[..., None]}
 
     def _decode_codes(self, q: torch.Tensor) -> torch.Tensor:
-        """codes [B, dim, g, g] -> images, repeated (nearest) to the encoder's grid first."""
-        f = self.cfg.feature_grid
+        """codes [B, dim, g, g] -> images, repeated (nearest) to the decoder's map first
+        (the encoder's grid unless ``vq.decoder_map`` is set)."""
+        f = self.cfg.decoder_map
         q = q if q.shape[-1] == f else F.interpolate(q, size=f, mode="nearest")
         if self.cfg.encoder.style == "taming":
             q = self.post_quant_conv(q)
