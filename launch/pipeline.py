@@ -243,34 +243,35 @@ class Pipeline:
                              f"(sha1 {info['sha1'][:12]} vs {tok['export_sha1'][:12]})")
         record = {"config": configlib.to_dict(self.cfg.codes), "tokenizer_sha1": info["sha1"]}
         if self.done("codes", record, self.cfg.codes):
+            if self.cfg.tokenizes_heldout and not (self.heldout_codes / "manifest.json").exists():
+                self._tokenize(model, info, "heldout")  # finished before codes/heldout existed
             return self.log("codes: done")
         refusal = mirror_refusal(self.dir("data") / "train")
         if refusal and self.cfg.codes.views != "center":
             raise StageError(f"codes.views {self.cfg.codes.views!r} mirrors images but "
                              f"{refusal}: set codes.views = \"center\"")
-        self.log(f"codes: tokenizing data/train with {self.cfg.codes.views} views")
-        write_token_shards(model.encode, self.dir("data") / "train", self.dir("codes"),
-                           image_size=model.cfg.image_size, vocab_sizes=model.vocab_sizes,
-                           tokenizer={"path": info["path"], "sha1": info["sha1"]},
-                           layout=model.token_layout.to_dict(),
-                           views=self.cfg.codes.views, batch_size=self.cfg.codes.batch_size,
-                           rank=self.rank, world_size=self.world, progress=self.progress)
-        _barrier()
-        if self.rank == 0:
-            finalize_token_shards(self.dir("data") / "train", self.dir("codes"))
+        self._tokenize(model, info, "train")
         if self.cfg.tokenizes_heldout:
-            self.log("codes: tokenizing data/heldout (centre view)")
-            write_token_shards(model.encode, self.dir("data") / "heldout", self.heldout_codes,
-                               image_size=model.cfg.image_size, vocab_sizes=model.vocab_sizes,
-                               tokenizer={"path": info["path"], "sha1": info["sha1"]},
-                               layout=model.token_layout.to_dict(), views="center",
-                               batch_size=self.cfg.codes.batch_size, rank=self.rank,
-                               world_size=self.world, progress=self.progress)
-            _barrier()
-            if self.rank == 0:
-                finalize_token_shards(self.dir("data") / "heldout", self.heldout_codes)
+            self._tokenize(model, info, "heldout")
         if self.rank == 0:
             self.finish("codes", record)
+
+    def _tokenize(self, model, info: dict, split: str) -> None:
+        """data/<split> -> its token shards (train: codes/, codes.views; heldout:
+        codes/heldout, the centre view), every rank its share, then the manifest."""
+        folder, views = (self.dir("codes"), self.cfg.codes.views) if split == "train" else \
+            (self.heldout_codes, "center")
+        self.log(f"codes: tokenizing data/{split} with {views} views")
+        write_token_shards(model.encode, self.dir("data") / split, folder,
+                           image_size=model.cfg.image_size, vocab_sizes=model.vocab_sizes,
+                           tokenizer={"path": info["path"], "sha1": info["sha1"]},
+                           layout=model.token_layout.to_dict(), views=views,
+                           batch_size=self.cfg.codes.batch_size, rank=self.rank,
+                           world_size=self.world, progress=self.progress)
+        _barrier()
+        if self.rank == 0:
+            finalize_token_shards(self.dir("data") / split, folder)
+        _barrier()
 
     @property
     def heldout_codes(self) -> Path:

@@ -6,7 +6,10 @@ images beside the floor (a same-size subset of the training images vs the held-o
 ones: what a perfect generator would score with this few images); the class accuracy
 of generated samples by a classifier trained on real training images, beside that
 classifier's accuracy on held-out real images and on the tokenizer's reconstructions
-of them (the generator's ceiling); the GPT's last per-component training losses.
+of them (the generator's ceiling); the GPT's last per-component training losses and
+what the generator pays: its held-out loss per component and bits per image (the rate
+it models, ``generator.heldout``), sequence length, vocabularies, parameters and
+training FLOPs per image.
 """
 
 import json
@@ -15,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data import config as configlib
+from data.files import load_weights
 from eval.evaluator import extract
 from eval.fid import FEATURES_VERSION, load_reference
 from eval.frechet import frechet_distance, statistics
@@ -23,6 +28,8 @@ from eval.lpips import LPIPS
 from eval.metrics import METRICS
 from eval.sets import load_shard_images
 from eval.weights import resolve_inception, resolve_vgg16
+from generator.config import GPTConfig
+from generator.model import flops_per_token
 from tokenizer.build import load_tokenizer
 from tokenizer.evaluate import evaluate
 from tokenizer.visualize import reconstruction_sheet, to_uint8
@@ -108,7 +115,11 @@ def generation_numbers(run: Path, gpt_dir: Path, sample_dir: Path, eval_dir: Pat
     metrics = json.loads((eval_dir / "result.json").read_text())
     gpt_meta = json.loads((gpt_dir / "gpt.json").read_text())
     sample_cfg = json.loads((sample_dir / "stage.json").read_text())["config"]
+    gpt_cfg = configlib.from_dict(GPTConfig, gpt_meta["gpt"])
+    parameters = sum(t.numel() for t in load_weights(gpt_dir / "gpt.safetensors").values())
     return {**metrics["metrics"], "num_generated": len(images),
+            "heldout": gpt_meta.get("heldout"), "gpt_parameters": parameters,
+            "gpt_train_flops_per_image": flops_per_token(gpt_cfg) * gpt_cfg.num_tokens,
             "accuracy_generated": classifier.accuracy(images, labels),
             "train_log": gpt_meta.get("train_log", {}), "rope": gpt_meta["gpt"]["rope"],
             "positions": gpt_meta["gpt"].get("position_component", -1) >= 0,
@@ -118,6 +129,7 @@ def generation_numbers(run: Path, gpt_dir: Path, sample_dir: Path, eval_dir: Pat
 REPORTED = ("fid", "sfid", "prec", "recall")  # of eval.metrics.METRICS (IS: no classifier
 # for digits); plus the project classifier's accuracy on the samples
 MEASURES = (*REPORTED, "accuracy_generated")
+COSTS = ("seeds", "heldout", "gpt_parameters", "gpt_train_flops_per_image")  # in report.json
 
 
 def over_seeds(per_seed: list[dict]) -> dict:
@@ -222,6 +234,15 @@ def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Pat
     row("GPT last training loss per component (nats)", [
         ", ".join(f"{c.removeprefix('loss_')} {v:.2f}" for c, v in rows[k]["train_log"].items()
                   if c.startswith("loss_")) or "–" for k in names])
+    row("GPT held-out loss per component (nats per token)", [
+        ", ".join(f"{c.removeprefix('loss_')} {v:.2f}" for c, v in rows[k]["heldout"].items()
+                  if c.startswith("loss_")) if rows[k]["heldout"] else "–" for k in names])
+    row("**GPT held-out bits per image** (the rate the generator models)", [
+        f"{rows[k]['heldout']['bits_per_image']:.1f}" if rows[k]["heldout"] else "–"
+        for k in names])
+    row("GPT parameters", [f"{rows[k]['gpt_parameters']:,}" for k in names])
+    row("GPT training FLOPs per image (one pass)",
+        [f"{rows[k]['gpt_train_flops_per_image'] / 1e6:.1f} M" for k in names])
     row("sampling", [_sampling(rows[k]["sample"], rows[k]["positions"]) for k in names])
     row(f"FID generated ({n}) vs held-out ({len(heldout[0])})", [_m(rows[k], "fid")
                                                                  for k in names])
@@ -268,7 +289,7 @@ def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Pat
     path.write_text("\n".join(lines) + "\n")
     summary = {"fid_floor": floor, "accuracy_heldout_real": classifier.accuracy(*heldout),
                **{k: {**{m: v for m, v in rows[k].items()
-                         if m.removesuffix("_std") in MEASURES or m == "seeds"},
+                         if m.removesuffix("_std") in MEASURES or m in COSTS},
                       **({"tokenizer": toks[k]} if k in toks else {})} for k in rows}}
     (out / "report.json").write_text(json.dumps(summary, indent=1) + "\n")
     return path

@@ -176,6 +176,25 @@ def test_stages_finished_before_a_field_was_added_stay_done(run, capsys):
             marker.write_text(text)
 
 
+def test_a_codes_stage_finished_before_heldout_codes_existed_writes_them(run, tmp_path):
+    root, config, _ = run
+    heldout = root / "out" / "codes" / "heldout"
+    manifest = json.loads((heldout / "manifest.json").read_text())
+    moved = tmp_path / "heldout"
+    heldout.rename(moved)  # as a codes stage of an older version left it
+    marker = root / "out" / "codes" / "stage.json"
+    saved = marker.read_text()
+    record = json.loads(saved)
+    del record["config"]["heldout"]
+    marker.write_text(json.dumps(record))
+    try:
+        assert pipeline.main(["--config", str(config), "--quiet", "--stages", "codes"]) == 0
+        assert json.loads((heldout / "manifest.json").read_text()) == manifest
+        assert marker.read_text() == json.dumps(record)  # the stage itself stays done
+    finally:
+        marker.write_text(saved)
+
+
 def test_a_bad_value_in_a_later_stage_is_refused_before_the_first(tmp_path, capsys):
     config = tmp_path / "bad.toml"
     config.write_text(TINY.format(out=tmp_path / "out", ref=tmp_path / "ref.npz")
@@ -184,3 +203,23 @@ def test_a_bad_value_in_a_later_stage_is_refused_before_the_first(tmp_path, caps
     err = capsys.readouterr().err
     assert "steps: expected an integer" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out" / "data").exists()  # no stage ran
+
+
+def test_the_demo_report_shows_what_the_generator_pays(run):
+    from generator.config import GPTConfig
+    from generator.model import flops_per_token
+    from launch.report import write_demo_report
+
+    root, _, _ = run
+    out, report = root / "out", root / "report"
+    (report / "p").mkdir(parents=True)
+    dirs = {stage: out / stage for stage in pipeline.STAGES}
+    text = write_demo_report(report, {"p": [dirs]}, {}, out / "data", {"p": {}}).read_text()
+    meta = json.loads((out / "gpt" / "gpt.json").read_text())
+    bits = meta["heldout"]["bits_per_image"]
+    assert f"| **GPT held-out bits per image** (the rate the generator models) | {bits:.1f} |" \
+        in text
+    summary = json.loads((report / "report.json").read_text())["p"]
+    assert summary["heldout"] == meta["heldout"]
+    cfg = GPTConfig(**meta["gpt"])
+    assert summary["gpt_train_flops_per_image"] == flops_per_token(cfg) * cfg.num_tokens
