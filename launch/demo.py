@@ -11,7 +11,9 @@ per name in ``pipelines`` (data -> tokenizer -> codes -> gpt -> sample -> eval, 
 launch/pipeline.py), and, with --ablations, one folder per ablation, which reuses
 every stage of its pipeline up to the first one its change touches. Every run samples
 once per seed in ``seeds`` (seed-S/ folders beside the first seed's sample/ and eval/,
-reusing the run's GPT) and the report gives mean ± std over them. Re-running skips
+reusing the run's GPT) and the report gives mean ± std over them. With ``gpt_seeds``
+every run trains one GPT per seed (gpt-seed-G/ folders reusing its tokenizer and codes),
+each sampled with every seed of ``seeds``. Re-running skips
 finished stages and resumes unfinished ones.
 """
 
@@ -43,10 +45,15 @@ class DemoConfig:
     pipelines: dict = field(default_factory=dict)  # name -> table laid over base
     ablations: dict = field(default_factory=dict)  # name -> {of = pipeline, note, changes}
     seeds: list[int] = field(default_factory=lambda: [0])  # sampling seeds of every run
+    # GPT training seeds: [] = one GPT (its gpt.seed); else one GPT per seed, each sampled
+    # with every seed of ``seeds`` (the report's mean ± std is over all of them)
+    gpt_seeds: list[int] = field(default_factory=list)
 
     def __post_init__(self):
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
+        if len(set(self.gpt_seeds)) != len(self.gpt_seeds):
+            raise ValueError(f"gpt_seeds must be distinct, got {self.gpt_seeds}")
         if not self.pipelines:
             raise ValueError("the demo config names no pipelines")
         for name, a in self.ablations.items():
@@ -79,6 +86,37 @@ def seed_tables(cfg: DemoConfig, table: dict) -> list[tuple[int, dict]]:
         other = configlib.merge_tables(table, {"sample": {"seed": seed}})
         other["out"], other["reuse"] = str(Path(table["out"]) / f"seed-{seed}"), up_to_gpt
         runs.append((seed, other))
+    return runs
+
+
+def gpt_seed_tables(cfg: DemoConfig, table: dict) -> list[tuple[int | None, dict]]:
+    """The run itself (GPT seed gpt_seeds[0]) and one run per further GPT seed G under
+    out/gpt-seed-G, which reuses every stage before the GPT (a reused GPT, an
+    ablation's, becomes its parent's GPT of that seed). Without gpt_seeds: the run."""
+    if not cfg.gpt_seeds:
+        return [(None, table)]
+    runs = [(cfg.gpt_seeds[0], configlib.merge_tables(table, {"gpt": {"seed": cfg.gpt_seeds[0]}}))]
+    before = {stage: table["reuse"].get(stage, str(Path(table["out"]) / stage))
+              for stage in ("data", "tokenizer", "codes")}
+    for seed in cfg.gpt_seeds[1:]:
+        other = configlib.merge_tables(table, {"gpt": {"seed": seed}})
+        other["out"], other["reuse"] = str(Path(table["out"]) / f"gpt-seed-{seed}"), dict(before)
+        if "gpt" in table["reuse"]:
+            parent_gpt = Path(table["reuse"]["gpt"])
+            other["reuse"]["gpt"] = str(parent_gpt.parent / f"gpt-seed-{seed}" / "gpt")
+        runs.append((seed, other))
+    return runs
+
+
+def run_tables(cfg: DemoConfig, table: dict) -> list[tuple[str, dict]]:
+    """Every run of a pipeline or ablation: GPT seeds x sampling seeds, labelled ("" for
+    the run itself, "gpt seed 1", "seed 2", "gpt seed 1 seed 2")."""
+    runs = []
+    for g, gtable in gpt_seed_tables(cfg, table):
+        gpt_label = "" if g is None or g == cfg.gpt_seeds[0] else f"gpt seed {g}"
+        for s, stable in seed_tables(cfg, gtable):
+            seed_label = "" if s == cfg.seeds[0] else f"seed {s}"
+            runs.append((" ".join(x for x in (gpt_label, seed_label) if x), stable))
     return runs
 
 
@@ -147,13 +185,13 @@ def main(argv=None) -> int:
         runs = [(name, pipeline_table(cfg, name), dirs) for name in cfg.pipelines]
         runs += [(name, ablation_table(cfg, name), abl_dirs)
                  for name in (cfg.ablations if args.ablations else [])]
-        resolved = {(name, seed): resolve(seeded) for name, table, _ in runs  # all first
-                    for seed, seeded in seed_tables(cfg, table)}
+        resolved = {(name, key): resolve(seeded) for name, table, _ in runs  # all first
+                    for key, seeded in run_tables(cfg, table)}
         for name, table, into in runs:
             into[name] = []
-            for seed, _ in seed_tables(cfg, table):
-                label = name if seed == cfg.seeds[0] else f"{name} seed {seed}"
-                pcfg = resolved[name, seed]
+            for key, _ in run_tables(cfg, table):
+                label = f"{name} {key}" if key else name
+                pcfg = resolved[name, key]
                 stage_dirs, timings[label] = run_one(label, pcfg, not args.quiet)
                 record_config(pcfg)
                 into[name].append(stage_dirs)
@@ -162,7 +200,8 @@ def main(argv=None) -> int:
             print(f"[{time.strftime('%H:%M:%S')}] report: tokenizer metrics, FID floor, "
                   "classifier", flush=True)
         start = time.perf_counter()
-        report = write_demo_report(out, dirs, abl_dirs, out / "data", timings, notes)
+        report = write_demo_report(out, dirs, abl_dirs, out / "data", timings, notes,
+                                   gpt_seeds=len(cfg.gpt_seeds) or 1)
     except (StageError, configlib.ConfigError, ValueError, FileNotFoundError) as err:
         print(f"launch.demo: {err}", file=sys.stderr)
         return 2

@@ -119,6 +119,8 @@ def generation_numbers(run: Path, gpt_dir: Path, sample_dir: Path, eval_dir: Pat
     parameters = sum(t.numel() for t in load_weights(gpt_dir / "gpt.safetensors").values())
     return {**metrics["metrics"], "num_generated": len(images),
             "heldout": gpt_meta.get("heldout"), "gpt_parameters": parameters,
+            "gpt_dir": str(gpt_dir), "heldout_bits_per_image":
+                (gpt_meta.get("heldout") or {}).get("bits_per_image"),
             "gpt_train_flops_per_image": flops_per_token(gpt_cfg) * gpt_cfg.num_tokens,
             "accuracy_generated": classifier.accuracy(images, labels),
             "train_log": gpt_meta.get("train_log", {}), "rope": gpt_meta["gpt"]["rope"],
@@ -129,18 +131,23 @@ def generation_numbers(run: Path, gpt_dir: Path, sample_dir: Path, eval_dir: Pat
 REPORTED = ("fid", "sfid", "prec", "recall")  # of eval.metrics.METRICS (IS: no classifier
 # for digits); plus the project classifier's accuracy on the samples
 MEASURES = (*REPORTED, "accuracy_generated")
+GPT_MEASURES = ("heldout_bits_per_image",)  # one value per trained GPT
 COSTS = ("seeds", "heldout", "gpt_parameters", "gpt_train_flops_per_image")  # in report.json
 
 
 def over_seeds(per_seed: list[dict]) -> dict:
     """The first seed's record with each measure replaced by its mean over the seeds, and
-    ``<measure>_std`` (sample standard deviation; 0 with one seed) and ``seeds`` added."""
+    ``<measure>_std`` (sample standard deviation; 0 with one seed) and ``seeds`` added;
+    a GPT's own measures (``GPT_MEASURES``) count once per trained GPT."""
     out = dict(per_seed[0], seeds=len(per_seed))
-    for m in MEASURES:
-        values = [g[m] for g in per_seed if g.get(m) is not None]
+    per_gpt = list({g["gpt_dir"]: g for g in per_seed}.values())
+    for m in (*MEASURES, *GPT_MEASURES):
+        values = [g[m] for g in (per_gpt if m in GPT_MEASURES else per_seed)
+                  if g.get(m) is not None]
         if values:
             out[m] = float(np.mean(values))
-            out[f"{m}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            if len(values) > 1 or m in MEASURES:  # one GPT: its value, no spread
+                out[f"{m}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
     return out
 
 
@@ -152,7 +159,7 @@ def _m(g: dict, key: str, fmt=".2f", scale=1.0, suffix="") -> str:
     """mean ± std over the seeds (the bare value with one seed)."""
     if g.get(key) is None:
         return "–"
-    if g.get("seeds", 1) > 1:
+    if g.get("seeds", 1) > 1 and key + "_std" in g:
         return f"{scale * g[key]:{fmt}} ± {scale * g[key + '_std']:{fmt}}{suffix}"
     return _f(g[key], fmt, scale, suffix)
 
@@ -171,11 +178,12 @@ def _sampling(s: dict, has_positions: bool) -> str:
 
 
 def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Path,
-                      timings: dict, notes: dict | None = None) -> Path:
+                      timings: dict, notes: dict | None = None, gpt_seeds: int = 1) -> Path:
     """runs/demo/report.md from finished pipeline folders.
 
-    pipelines / ablations: name -> one {stage: folder} per sampling seed (the first
-    seed's run first; ablations may be empty); timings: run label -> {stage: seconds}.
+    pipelines / ablations: name -> one {stage: folder} per run (GPT seed x sampling seed,
+    the first run first; ablations may be empty); timings: run label -> {stage: seconds};
+    gpt_seeds: how many GPT training seeds the runs span.
     """
     out, notes = Path(out), notes or {}
     train = load_shard_images(data_dir / "train")
@@ -197,7 +205,11 @@ def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Pat
     first = json.loads((pipelines[names[0]][0]["gpt"] / "stage.json").read_text())["config"]
     tok_steps = {k: json.loads((d[0]["tokenizer"] / "stage.json").read_text())["config"]
                  ["steps"] for k, d in pipelines.items()}
-    n_seeds = len(pipelines[names[0]])
+    n_runs = len(pipelines[names[0]])
+    spread = (f"{n_runs} sampling seeds of one trained GPT (GPT training seeds are not "
+              "varied: a confound this table cannot remove)" if gpt_seeds == 1 else
+              f"{n_runs} runs: {gpt_seeds} GPT training seeds x {n_runs // gpt_seeds} "
+              "sampling seeds")
     lines = [
         f"# Demo report: {out}",
         "",
@@ -207,8 +219,7 @@ def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Pat
         f"{first['data']['batch_size']}, DeepSpeed in one CPU process) and the same "
         "sampling budget; tokenizers trained "
         + ", ".join(f"{k} {v}" for k, v in tok_steps.items()) + " steps. Generation "
-        f"measures are mean ± std over {n_seeds} sampling seeds of one trained GPT "
-        "(GPT training seeds are not varied: a confound this table cannot remove).",
+        f"measures are mean ± std over {spread}; the GPT rows are of the first run.",
         "",
         "## Pipelines side by side",
         "",
@@ -237,9 +248,8 @@ def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Pat
     row("GPT held-out loss per component (nats per token)", [
         ", ".join(f"{c.removeprefix('loss_')} {v:.2f}" for c, v in rows[k]["heldout"].items()
                   if c.startswith("loss_")) if rows[k]["heldout"] else "–" for k in names])
-    row("**GPT held-out bits per image** (the rate the generator models)", [
-        f"{rows[k]['heldout']['bits_per_image']:.1f}" if rows[k]["heldout"] else "–"
-        for k in names])
+    row("**GPT held-out bits per image** (the rate the generator models)",
+        [_m(rows[k], "heldout_bits_per_image", ".1f") for k in names])
     row("GPT parameters", [f"{rows[k]['gpt_parameters']:,}" for k in names])
     row("GPT training FLOPs per image (one pass)",
         [f"{rows[k]['gpt_train_flops_per_image'] / 1e6:.1f} M" for k in names])
@@ -289,7 +299,7 @@ def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Pat
     path.write_text("\n".join(lines) + "\n")
     summary = {"fid_floor": floor, "accuracy_heldout_real": classifier.accuracy(*heldout),
                **{k: {**{m: v for m, v in rows[k].items()
-                         if m.removesuffix("_std") in MEASURES or m in COSTS},
+                         if m.removesuffix("_std") in (*MEASURES, *GPT_MEASURES) or m in COSTS},
                       **({"tokenizer": toks[k]} if k in toks else {})} for k in rows}}
     (out / "report.json").write_text(json.dumps(summary, indent=1) + "\n")
     return path

@@ -153,6 +153,41 @@ def test_demo_ablations_reuse_every_stage_before_their_change(tmp_path):
         DemoConfig(pipelines={"g": {}}, ablations={"x": {"of": "vq"}})
 
 
+def test_demo_gpt_seeds_train_one_gpt_each_and_count_once_in_gpt_measures(tmp_path):
+    from launch.demo import DemoConfig, ablation_table, pipeline_table, run_tables
+    from launch.report import over_seeds
+
+    cfg = DemoConfig(out=str(tmp_path), base={"data": {"builtin": "mnist"}},
+                     pipelines={"g": {}}, seeds=[0, 1], gpt_seeds=[3, 4],
+                     ablations={"s": {"of": "g", "sample": {"cfg": 3.0}}})
+    runs = dict(run_tables(cfg, pipeline_table(cfg, "g")))
+    assert list(runs) == ["", "seed 1", "gpt seed 4", "gpt seed 4 seed 1"]
+    assert [t["gpt"]["seed"] for t in runs.values()] == [3, 3, 4, 4]
+    four = runs["gpt seed 4"]
+    assert four["out"] == str(tmp_path / "g" / "gpt-seed-4")
+    assert four["reuse"] == {"data": str(tmp_path / "data"),
+                             "tokenizer": str(tmp_path / "g" / "tokenizer"),
+                             "codes": str(tmp_path / "g" / "codes")}
+    assert runs["gpt seed 4 seed 1"]["reuse"]["gpt"] == str(tmp_path / "g" / "gpt-seed-4" /
+                                                            "gpt")
+    # an ablation after the GPT samples its parent's GPT of each seed
+    ablation = dict(run_tables(cfg, ablation_table(cfg, "s")))
+    assert ablation["gpt seed 4"]["reuse"]["gpt"] == str(tmp_path / "g" / "gpt-seed-4" / "gpt")
+    assert ablation["gpt seed 4"]["out"] == str(tmp_path / "s" / "gpt-seed-4")
+    assert list(dict(run_tables(DemoConfig(pipelines={"g": {}}),
+                                pipeline_table(cfg, "g")))) == [""]
+    # 2 GPTs x 2 sampling seeds: FID over the 4 runs, held-out bits over the 2 GPTs
+    per_run = [{"gpt_dir": f"gpt{g}", "fid": f, "heldout_bits_per_image": b}
+               for g, f, b in ((0, 10.0, 100.0), (0, 12.0, 100.0), (1, 14.0, 110.0),
+                               (1, 16.0, 110.0))]
+    merged = over_seeds(per_run)
+    assert merged["seeds"] == 4 and merged["fid"] == 13.0
+    assert merged["fid_std"] == pytest.approx(np.std([10, 12, 14, 16], ddof=1))
+    assert merged["heldout_bits_per_image"] == 105.0
+    assert merged["heldout_bits_per_image_std"] == pytest.approx(np.std([100, 110], ddof=1))
+    assert "heldout_bits_per_image_std" not in over_seeds(per_run[:2])  # one GPT: no spread
+
+
 def test_stages_finished_before_a_field_was_added_stay_done(run, capsys):
     """stage.json written before model.class_rope / encoder.style existed: still done."""
     root, config, _ = run
