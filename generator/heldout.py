@@ -19,12 +19,14 @@ from generator.model import GPT
 
 
 @torch.no_grad()
-def heldout_nll(gpt: GPT, batches: Iterable, device=None) -> dict:
+def heldout_nll(gpt: GPT, batches: Iterable, device=None, unconditional: bool = False) -> dict:
     """batches of (tokens [B, N, K] int64, labels [B] int64) -> the record.
 
     Keys: ``images``, ``loss`` (sum over components of the mean NLL per token, nats),
     ``loss_<c>``, ``accuracy_<c>``, ``bits_per_image`` and ``bits_per_image_<c>`` per
     component ``c`` of ``gpt.cfg.names``. Sums are accumulated in float64.
+    unconditional: every image scored with the null class (what guidance contrasts
+    with); its bits minus the conditional ones are the class information the GPT uses.
     """
     was_training = gpt.training
     gpt.eval()
@@ -35,6 +37,8 @@ def heldout_nll(gpt: GPT, batches: Iterable, device=None) -> dict:
     images = tokens_per_image = 0
     for tokens, labels in batches:
         tokens, labels = tokens.to(device), labels.to(device)
+        if unconditional:
+            labels = torch.full_like(labels, gpt.null_class)
         logits = gpt(labels, tokens)  # K tensors [B, N, V_k]
         for k, lg in enumerate(logits):
             target = tokens[..., k]
@@ -53,3 +57,37 @@ def heldout_nll(gpt: GPT, batches: Iterable, device=None) -> dict:
             **{f"loss_{n}": per_token[k] for k, n in enumerate(names)},
             **{f"accuracy_{n}": float(correct[k] / count) for k, n in enumerate(names)},
             **{f"bits_per_image_{n}": bits[k] for k, n in enumerate(names)}}
+
+
+@torch.no_grad()
+def generative_accuracy(gpt: GPT, batches: Iterable, device=None) -> dict:
+    """The GPT as a classifier of held-out images: each image's class is taken to be
+    argmax_c log p(tokens | c) over the real classes, from the whole tuple and from each
+    component alone. -> {"images", "accuracy", "accuracy_<c>"}. Costs one forward pass
+    per class and batch: for small class counts (a diagnostic of how class-specific the
+    conditional model is: the signal classifier-free guidance amplifies)."""
+    was_training = gpt.training
+    gpt.eval()
+    device = device or next(gpt.parameters()).device
+    names = gpt.cfg.names
+    correct = torch.zeros(len(names) + 1, dtype=torch.float64)
+    images = 0
+    for tokens, labels in batches:
+        tokens, labels = tokens.to(device), labels.to(device)
+        scores = []  # per class: log-likelihood [B, K] of each component's tokens
+        for c in range(gpt.cfg.num_classes):
+            logits = gpt(torch.full_like(labels, c), tokens)
+            scores.append(torch.stack([
+                -F.cross_entropy(lg.float().flatten(0, 1), tokens[..., k].flatten(),
+                                 reduction="none").view(tokens.shape[0], -1).sum(1)
+                for k, lg in enumerate(logits)], -1))
+        scores = torch.stack(scores)  # [C, B, K]
+        whole = torch.cat([scores.sum(-1, keepdim=True), scores], -1)  # [C, B, 1 + K]
+        correct += (whole.argmax(0) == labels[:, None]).sum(0).double().cpu()
+        images += tokens.shape[0]
+    gpt.train(was_training)
+    if images == 0:
+        raise ValueError("the held-out set has no images")
+    accuracy = (correct / images).tolist()
+    return {"images": images, "accuracy": accuracy[0],
+            **{f"accuracy_{n}": accuracy[k + 1] for k, n in enumerate(names)}}

@@ -20,6 +20,7 @@ import torch
 
 from data import config as configlib
 from data.files import load_weights
+from data.tokens import make_token_loader
 from eval.evaluator import extract
 from eval.fid import FEATURES_VERSION, load_reference
 from eval.frechet import frechet_distance, statistics
@@ -29,7 +30,9 @@ from eval.metrics import METRICS
 from eval.sets import load_shard_images
 from eval.weights import resolve_inception, resolve_vgg16
 from generator.config import GPTConfig
+from generator.heldout import generative_accuracy
 from generator.model import flops_per_token
+from generator.samples import load_gpt
 from tokenizer.build import load_tokenizer
 from tokenizer.evaluate import evaluate
 from tokenizer.visualize import reconstruction_sheet, to_uint8
@@ -108,6 +111,16 @@ def tokenizer_numbers(run: Path, tok_dir: Path, data_dir: Path, heldout,
     return _cached(run / "report-tokenizer.json", info["sha1"], compute)
 
 
+def gpt_as_classifier(gpt_dir: Path, heldout_codes: Path) -> dict | None:
+    """The GPT's generative classification of the held-out images' tokens
+    (``generator.heldout.generative_accuracy``); None without them."""
+    if not (heldout_codes / "manifest.json").exists():
+        return None
+    gpt, _ = load_gpt(gpt_dir / "gpt.safetensors")
+    return generative_accuracy(gpt, make_token_loader(heldout_codes, batch_size=250,
+                                                      train=False))
+
+
 def generation_numbers(run: Path, gpt_dir: Path, sample_dir: Path, eval_dir: Path,
                        classifier: Classifier) -> dict:
     with np.load(sample_dir / "samples.npz") as f:
@@ -132,7 +145,8 @@ REPORTED = ("fid", "sfid", "prec", "recall")  # of eval.metrics.METRICS (IS: no 
 # for digits); plus the project classifier's accuracy on the samples
 MEASURES = (*REPORTED, "accuracy_generated")
 GPT_MEASURES = ("heldout_bits_per_image",)  # one value per trained GPT
-COSTS = ("seeds", "heldout", "gpt_parameters", "gpt_train_flops_per_image")  # in report.json
+# also in report.json
+COSTS = ("seeds", "heldout", "gpt_classifier", "gpt_parameters", "gpt_train_flops_per_image")
 
 
 def over_seeds(per_seed: list[dict]) -> dict:
@@ -170,6 +184,15 @@ def _gen_cells(g: dict, floor: float) -> list[str]:
             _m(g, "accuracy_generated", ".1f", 100, "%")]
 
 
+def _gpt_classifier_cell(record: dict | None) -> str:
+    if record is None:
+        return "–"
+    parts = [f"{k.removeprefix('accuracy_')} {100 * v:.1f}%" for k, v in record.items()
+             if k.startswith("accuracy_")]
+    whole = f"{100 * record['accuracy']:.1f}%"
+    return whole if len(parts) == 1 else f"{whole} ({', '.join(parts)})"
+
+
 def _sampling(s: dict, has_positions: bool) -> str:
     on = s["order"] == "on" or (s["order"] == "auto" and has_positions)
     order = ("order on" if on else "order off") if has_positions else "no positions"
@@ -193,6 +216,8 @@ def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Pat
     for name, seeds in {**pipelines, **ablations}.items():
         rows[name] = over_seeds([generation_numbers(out / name, d["gpt"], d["sample"],
                                                     d["eval"], classifier) for d in seeds])
+        rows[name]["gpt_classifier"] = gpt_as_classifier(seeds[0]["gpt"],
+                                                         seeds[0]["codes"] / "heldout")
     n = next(iter(rows.values()))["num_generated"]
 
     floor = _cached(out / "floor.json", f"{n}-{FEATURES_VERSION}",
@@ -250,6 +275,8 @@ def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Pat
                   if c.startswith("loss_")) if rows[k]["heldout"] else "–" for k in names])
     row("**GPT held-out bits per image** (the rate the generator models)",
         [_m(rows[k], "heldout_bits_per_image", ".1f") for k in names])
+    row("GPT as a classifier of held-out images (argmax over classes of p(tokens | c); "
+        "per component)", [_gpt_classifier_cell(rows[k]["gpt_classifier"]) for k in names])
     row("GPT parameters", [f"{rows[k]['gpt_parameters']:,}" for k in names])
     row("GPT training FLOPs per image (one pass)",
         [f"{rows[k]['gpt_train_flops_per_image'] / 1e6:.1f} M" for k in names])

@@ -256,5 +256,15 @@ def test_the_demo_report_shows_what_the_generator_pays(run):
         in text
     summary = json.loads((report / "report.json").read_text())["p"]
     assert summary["heldout"] == meta["heldout"]
+    # the GPT as a classifier of the held-out images' tokens: recomputed here
+    from data.tokens import make_token_loader
+    from generator.heldout import generative_accuracy
+    from generator.samples import load_gpt
+
+    gpt, _ = load_gpt(out / "gpt" / "gpt.safetensors")
+    expected = generative_accuracy(gpt, make_token_loader(out / "codes" / "heldout",
+                                                          batch_size=7, train=False))
+    assert summary["gpt_classifier"] == pytest.approx(expected)
+    assert f"{100 * expected['accuracy']:.1f}% (position " in text
     cfg = GPTConfig(**meta["gpt"])
     assert summary["gpt_train_flops_per_image"] == flops_per_token(cfg) * cfg.num_tokens
