@@ -188,6 +188,18 @@ def test_demo_gpt_seeds_train_one_gpt_each_and_count_once_in_gpt_measures(tmp_pa
     assert "heldout_bits_per_image_std" not in over_seeds(per_run[:2])  # one GPT: no spread
 
 
+def test_sampling_the_best_weights_needs_held_out_codes():
+    from data import config as configlib
+
+    table = {"data": {"src": "images/train"}, "sample": {"weights": "best"}}
+    with pytest.raises(ValueError, match="needs held-out codes"):
+        configlib.from_dict(pipeline.PipelineConfig, table)
+    table["data"]["val_src"] = "images/val"
+    assert configlib.from_dict(pipeline.PipelineConfig, table).tokenizes_heldout
+    with pytest.raises(ValueError, match="sample.weights must be 'last' or 'best'"):
+        configlib.from_dict(pipeline.PipelineConfig, {"sample": {"weights": "first"}})
+
+
 def test_stages_finished_before_a_field_was_added_stay_done(run, capsys):
     """stage.json written before model.class_rope / encoder.style existed: still done."""
     root, config, _ = run
