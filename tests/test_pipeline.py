@@ -196,7 +196,7 @@ def test_sampling_the_best_weights_needs_held_out_codes():
         configlib.from_dict(pipeline.PipelineConfig, table)
     table["data"]["val_src"] = "images/val"
     assert configlib.from_dict(pipeline.PipelineConfig, table).tokenizes_heldout
-    with pytest.raises(ValueError, match="sample.weights must be 'last' or 'best'"):
+    with pytest.raises(ValueError, match=r"sample\.weights must be 'last' or 'best'"):
         configlib.from_dict(pipeline.PipelineConfig, {"sample": {"weights": "first"}})
 
 
