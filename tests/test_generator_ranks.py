@@ -14,7 +14,8 @@ import torch
 
 from data.files import load_checkpoint
 from data.stream import read_manifest
-from data.tokens import FORMAT_TAG
+from data.tokens import FORMAT_TAG, make_token_loader
+from generator.heldout import heldout_nll
 from generator.model import GPT
 from launch.run_config import resolve_gpt_config as resolve_config
 from launch.train_gpt import Trainer, build_gpt_config
@@ -58,7 +59,7 @@ def test_zero3_export_gathers_every_parameter(tmp_path, tokens):
 
     out = tmp_path / "z3"
     _torchrun(out, tokens, "deepspeed.zero_stage=3", "deepspeed.persistence_threshold=0",
-              "ema_decay=0")
+              "ema_decay=0", f"data.heldout={tokens}", "eval_every=1")
     exported = load_file(str(out / "gpt.safetensors"))
     cfg = resolve_config(None, [f"data.tokens={tokens}"])
     gpt = GPT(build_gpt_config(cfg, read_manifest(tokens, FORMAT_TAG)))
@@ -68,6 +69,13 @@ def test_zero3_export_gathers_every_parameter(tmp_path, tokens):
     consolidated = get_fp32_state_dict_from_zero_checkpoint(str(out / "checkpoints"), tag=tag)
     for name, value in exported.items():
         assert torch.equal(value, consolidated[f"gpt.{name}"].float()), name
+    # the held-out evaluations gathered the sliced weights too (every rank joined): the
+    # last one is the exported weights' NLL (fp32 sums of 8 x 6 tokens: 2 n u relative)
+    meta = json.loads((out / "gpt.json").read_text())
+    assert [r["step"] for r in meta["heldout_log"]] == [1, 2]
+    gpt.load_state_dict(exported)
+    expected = heldout_nll(gpt, make_token_loader(tokens, batch_size=8, train=False))
+    assert meta["heldout"] == pytest.approx({"step": 2, **expected}, rel=2 * 8 * 6 * 2.0**-24)
 
 
 def test_ranks_draw_their_own_masks_and_only_rank0_keeps_the_ema(tmp_path, tokens):
