@@ -48,6 +48,7 @@ from tokenizer.visualize import draw_gaussians, grid, to_uint8
 class CompareConfig:
     out: str = "runs/compare"
     builtin: str = "mnist"  # shards built under OUT/shards when train/heldout are not given
+    size: int = 0  # the built-in shards' image side (whole crops resized); 0 = its default
     train: str = ""  # image shard folders (data.build_shards)
     heldout: str = ""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -61,6 +62,7 @@ class CompareConfig:
     def __post_init__(self):
         if not self.variants:
             raise ValueError("variants: name at least one ([variants.<name>] tables)")
+        configlib.require_at_least(self, 0, "size")
         if not self.seeds:
             raise ValueError("seeds must not be empty")
         if bool(self.train) != bool(self.heldout):
@@ -74,8 +76,8 @@ def _shards(cfg: CompareConfig) -> tuple[str, str]:
     folders = []
     for split in SPLITS:
         out = Path(cfg.out) / "shards" / f"{cfg.builtin}-{split}"
-        settings = BuildSettings(f"builtin:{cfg.builtin}/{split}", DEFAULT_SIZE[cfg.builtin],
-                                 "center", "png", 1000)
+        settings = BuildSettings(f"builtin:{cfg.builtin}/{split}",
+                                 cfg.size or DEFAULT_SIZE[cfg.builtin], "center", "png", 1000)
         if not (out / "manifest.json").exists():
             build_shards(out, settings, builtin_name=cfg.builtin, split=split, progress=False)
         folders.append(str(out))

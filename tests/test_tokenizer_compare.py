@@ -2,6 +2,7 @@
 
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +81,27 @@ def test_compare_refuses_unknown_variants(tmp_path, digits, capsys):
     args = ["--config", str(config), "--set", f"out={tmp_path / 'cmp'}", "--only", "nope"]
     assert compare.main(args) == 2
     assert "unknown variants ['nope']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["compare-mnist", "compare-mnist-64", "compare-photos"])
+def test_shipped_comparisons_resolve_and_keep_the_budget_rule(name):
+    """Every variant of a shipped comparison builds; rows of one token count have
+    parameters within 5% of each other (VQ 8x8 fed its own 8x8 map is the named
+    exception of the 64-token comparison: its deeper decoder has 15% more)."""
+    import tomllib
+
+    from data import config as configlib
+    from launch.compare_tokenizers import CompareConfig, run_config
+    from tokenizer.blocks import count_parameters
+    from tokenizer.build import build_tokenizer
+
+    path = Path(compare.__file__).parent / "configs" / f"{name}.toml"
+    cfg = configlib.from_dict(CompareConfig, tomllib.loads(path.read_text()))
+    by_tokens = {}
+    for variant in cfg.variants:
+        model = build_tokenizer(run_config(cfg, variant, 0, "unused").tokenizer)
+        if variant != "vq-8x8" or name == "compare-mnist":
+            by_tokens.setdefault(model.num_tokens, []).append(count_parameters(model))
+    for tokens, counts in by_tokens.items():
+        assert max(counts) / min(counts) < 1.05, (tokens, counts)
+    assert set(by_tokens) == ({64} if name == "compare-mnist-64" else {16, 64})
