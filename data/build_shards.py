@@ -194,8 +194,9 @@ def parse_args(argv=None):
                         help="ImageFolder root: SRC/<class>/<image> (ImageNet's train/ layout)")
     source.add_argument("--builtin", choices=sorted(builtin.BUILTINS),
                         help="a built-in offline dataset (see data/builtin.py)")
-    parser.add_argument("--split", choices=builtin.SPLITS, default="train",
-                        help="split of a --builtin dataset (default: train)")
+    parser.add_argument("--split", choices=builtin.SPLITS + builtin.VALIDATION_SPLITS,
+                        default="train", help="split of a --builtin dataset (default: train; "
+                        "fit and val partition train, val being every 8th image of a class)")
     parser.add_argument("--out", type=Path, required=True, help="output folder for the shards")
     parser.add_argument("--size", type=int, default=None,
                         help="output size in pixels (default 256; digits 32, photos 64)")

