@@ -212,6 +212,24 @@ def test_validation_split_trains_on_fit_and_scores_the_gpt_on_val(run, tmp_path)
         pipeline.DataStage(src="images", validation=True)
 
 
+def test_the_frontier_config_resolves_4_pipelines_x_2_gpts_x_3_samplings():
+    from pathlib import Path
+
+    from data import config as configlib
+    from launch.demo import DemoConfig, pipeline_table, resolve, run_tables
+
+    path = Path(pipeline.__file__).parent / "configs" / "frontier-mnist.toml"
+    cfg = configlib.load(DemoConfig, path, [])
+    runs = {(name, key): resolve(table) for name in cfg.pipelines
+            for key, table in run_tables(cfg, pipeline_table(cfg, name))}
+    assert len(runs) == 4 * 2 * 3
+    # the same GPT table everywhere but the training seed; selection on val, never heldout
+    gpts = {(n, k): {**configlib.to_dict(p)["gpt"], "seed": None} for (n, k), p in runs.items()}
+    assert len({json.dumps(g, sort_keys=True) for g in gpts.values()}) == 1
+    assert {runs[n, k].gpt["seed"] for n, k in runs} == {0, 1}
+    assert all(p.data.validation and p.sample.weights == "best" for p in runs.values())
+
+
 def test_sampling_the_best_weights_needs_held_out_codes():
     from data import config as configlib
 
