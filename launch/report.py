@@ -126,12 +126,16 @@ def generation_numbers(run: Path, gpt_dir: Path, sample_dir: Path, eval_dir: Pat
     with np.load(sample_dir / "samples.npz") as f:
         images, labels = f["arr_0"], f["arr_1"]
     metrics = json.loads((eval_dir / "result.json").read_text())
-    gpt_meta = json.loads((gpt_dir / "gpt.json").read_text())
     sample_cfg = json.loads((sample_dir / "stage.json").read_text())["config"]
+    sampled = "gpt-best" if sample_cfg.get("weights") == "best" else "gpt"  # what was sampled
+    gpt_meta = json.loads((gpt_dir / f"{sampled}.json").read_text())
+    scored_on = Path(json.loads((gpt_dir / "stage.json").read_text())["config"]["data"]
+                     .get("heldout") or "none").name  # codes/heldout or codes/val
     gpt_cfg = configlib.from_dict(GPTConfig, gpt_meta["gpt"])
     parameters = sum(t.numel() for t in load_weights(gpt_dir / "gpt.safetensors").values())
     return {**metrics["metrics"], "num_generated": len(images),
             "heldout": gpt_meta.get("heldout"), "gpt_parameters": parameters,
+            "heldout_set": scored_on, "gpt_weights": sampled,
             "gpt_dir": str(gpt_dir), "heldout_bits_per_image":
                 (gpt_meta.get("heldout") or {}).get("bits_per_image"),
             "gpt_train_flops_per_image": flops_per_token(gpt_cfg) * gpt_cfg.num_tokens,
@@ -270,6 +274,8 @@ def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Pat
     row("GPT last training loss per component (nats)", [
         ", ".join(f"{c.removeprefix('loss_')} {v:.2f}" for c, v in rows[k]["train_log"].items()
                   if c.startswith("loss_")) or "–" for k in names])
+    row("GPT sampled (the export) and the set it is scored on", [
+        f"{rows[k]['gpt_weights']}, {rows[k]['heldout_set']}" for k in names])
     row("GPT held-out loss per component (nats per token)", [
         ", ".join(f"{c.removeprefix('loss_')} {v:.2f}" for c, v in rows[k]["heldout"].items()
                   if c.startswith("loss_")) if rows[k]["heldout"] else "–" for k in names])

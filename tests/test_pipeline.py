@@ -308,6 +308,7 @@ def test_the_demo_report_shows_what_the_generator_pays(run):
     bits = meta["heldout"]["bits_per_image"]
     assert f"| **GPT held-out bits per image** (the rate the generator models) | {bits:.1f} |" \
         in text
+    assert "| GPT sampled (the export) and the set it is scored on | gpt, heldout |" in text
     summary = json.loads((report / "report.json").read_text())["p"]
     assert summary["heldout"] == meta["heldout"]
     # the GPT as a classifier of the held-out images' tokens: recomputed here
