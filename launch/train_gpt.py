@@ -346,23 +346,23 @@ class Trainer(TrainingRun):
         weights = self.full_weights()
         if weights is None:
             return None
-        return self.write_export(self.out / "gpt.safetensors", weights, self.step_num)
+        return self.write_export(self.out / "gpt.safetensors", weights)
 
-    def write_export(self, path: Path, weights: dict, step: int) -> Path:
+    def write_export(self, path: Path, weights: dict) -> Path:
         """``path`` (safetensors) + its JSON record (rank 0): config, tokenizer, the
-        weights' step, the training log and the held-out evaluations so far."""
+        weights' step (this one), the training log and the held-out evaluations so far
+        (``heldout``: the latest, of these weights when this step was evaluated)."""
         save_weights(path, weights)
         meta = {"gpt": configlib.to_dict(self.gpt_cfg),
                 "tokenizer": self.manifest.get("tokenizer", {}),
                 "tokens": str(Path(self.cfg.data.tokens).resolve()),
                 "image_dir": self.manifest.get("image_dir"), "weights": "ema" if self.ema else
-                "raw", "steps": step, "train_log": self.train_log(),
+                "raw", "steps": self.step_num, "train_log": self.train_log(),
                 "data_lost": self.result.get("data_lost_per_epoch", {})}
         if self.heldout_log:
-            meta["heldout"] = next((r for r in reversed(self.heldout_log) if r["step"] <= step),
-                                   None)
+            meta["heldout"] = self.heldout_log[-1]
             meta["heldout_best"] = self.heldout_best
-            meta["heldout_log"] = [r for r in self.heldout_log if r["step"] <= step]
+            meta["heldout_log"] = self.heldout_log
         atomic_write_json(path.with_suffix(".json"), meta, sort_keys=False)
         return path
 
@@ -376,12 +376,11 @@ class Trainer(TrainingRun):
         if self.step_num % every == 0 or self.step_num == self.cfg.steps:
             self.evaluate_heldout(writer)
 
-    def evaluate_heldout(self, writer=None) -> dict | None:
-        """The exported weights' (EMA or raw) held-out loss at this step, on rank 0;
+    def evaluate_heldout(self, writer=None) -> None:
+        """The exported weights' (EMA or raw) held-out loss at this step, logged on rank 0;
         a new lowest loss is exported as ``OUT/gpt-best.safetensors`` (+ .json).
-        Collective (the weights are gathered); returns the record on rank 0."""
+        Collective: the weights are gathered, every rank waits for rank 0."""
         weights = self.full_weights()
-        record = None
         if weights is not None:
             if self._eval_gpt is None:  # its random init must not move the run's RNG
                 with torch.random.fork_rng(devices=[]):
@@ -395,14 +394,13 @@ class Trainer(TrainingRun):
             self.heldout_log.append(record)
             if self.heldout_best is None or record["loss"] < self.heldout_best["loss"]:
                 self.heldout_best = record
-                self.write_export(self.out / "gpt-best.safetensors", weights, self.step_num)
+                self.write_export(self.out / "gpt-best.safetensors", weights)
             if writer is not None:
                 for key, value in record.items():
                     if key.startswith(("loss", "accuracy", "bits_per_image")):
                         writer.add_scalar(f"heldout/{key}", value, self.step_num)
         if self.ranks.world_size > 1:
             torch.distributed.barrier()
-        return record
 
     def train_log(self) -> dict:
         """The last logged interval's means: loss, and per component loss and accuracy."""
