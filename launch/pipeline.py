@@ -90,15 +90,15 @@ class SampleStage:
     guide: str = "all"  # tuple components guidance applies to ("all", "code", ...)
     order: str = "auto"  # order constraint on position tokens: auto, on, off
     weights: str = "last"  # the GPT export sampled: "last" or "best" (lowest held-out loss)
-
-    def __post_init__(self):
-        if self.weights not in ("last", "best"):
-            raise ValueError(f"sample.weights must be 'last' or 'best', got {self.weights!r}")
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
     seed: int = 0
     batch_size: int = 64
+
+    def __post_init__(self):
+        if self.weights not in ("last", "best"):
+            raise ValueError(f"sample.weights must be 'last' or 'best', got {self.weights!r}")
 
 
 @dataclass
@@ -203,9 +203,12 @@ class Pipeline:
         fmt = d.format or ("png" if d.builtin else "jpg")
         if self.rank == 0:
             # (folder, builtin split or source folder)
-            splits = [("train", d.src), ("heldout", d.val_src)] if d.src else \
-                [("train", "fit"), ("heldout", "heldout"), ("val", "val")] if d.validation \
-                else [(s, s) for s in builtin.SPLITS]
+            if d.src:
+                splits = [("train", d.src), ("heldout", d.val_src)]
+            elif d.validation:
+                splits = [("train", "fit"), ("heldout", "heldout"), ("val", "val")]
+            else:
+                splits = [(s, s) for s in builtin.SPLITS]
             for folder, part in splits:
                 if not part:
                     continue
