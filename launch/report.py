@@ -111,12 +111,13 @@ def tokenizer_numbers(run: Path, tok_dir: Path, data_dir: Path, heldout,
     return _cached(run / "report-tokenizer.json", info["sha1"], compute)
 
 
-def gpt_as_classifier(gpt_dir: Path, heldout_codes: Path) -> dict | None:
-    """The GPT's generative classification of the held-out images' tokens
-    (``generator.heldout.generative_accuracy``); None without them."""
+def gpt_as_classifier(gpt_dir: Path, export: str, heldout_codes: Path) -> dict | None:
+    """The generative classification of the held-out images' tokens by the GPT export
+    ``export`` ("gpt" or "gpt-best": the one sampled) of ``gpt_dir``
+    (``generator.heldout.generative_accuracy``); None without held-out codes."""
     if not (heldout_codes / "manifest.json").exists():
         return None
-    gpt, _ = load_gpt(gpt_dir / "gpt.safetensors")
+    gpt, _ = load_gpt(gpt_dir / f"{export}.safetensors")
     return generative_accuracy(gpt, make_token_loader(heldout_codes, batch_size=250,
                                                       train=False))
 
@@ -220,8 +221,8 @@ def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Pat
     for name, seeds in {**pipelines, **ablations}.items():
         rows[name] = over_seeds([generation_numbers(out / name, d["gpt"], d["sample"],
                                                     d["eval"], classifier) for d in seeds])
-        rows[name]["gpt_classifier"] = gpt_as_classifier(seeds[0]["gpt"],
-                                                         seeds[0]["codes"] / "heldout")
+        rows[name]["gpt_classifier"] = gpt_as_classifier(
+            seeds[0]["gpt"], rows[name]["gpt_weights"], seeds[0]["codes"] / "heldout")
     n = next(iter(rows.values()))["num_generated"]
 
     floor = _cached(out / "floor.json", f"{n}-{FEATURES_VERSION}",
