@@ -95,16 +95,17 @@ def gpt_seed_tables(cfg: DemoConfig, table: dict) -> list[tuple[int | None, dict
     ablation's, becomes its parent's GPT of that seed). Without gpt_seeds: the run."""
     if not cfg.gpt_seeds:
         return [(None, table)]
-    runs = [(cfg.gpt_seeds[0], configlib.merge_tables(table, {"gpt": {"seed": cfg.gpt_seeds[0]}}))]
     before = {stage: table["reuse"].get(stage, str(Path(table["out"]) / stage))
               for stage in ("data", "tokenizer", "codes")}
-    for seed in cfg.gpt_seeds[1:]:
-        other = configlib.merge_tables(table, {"gpt": {"seed": seed}})
-        other["out"], other["reuse"] = str(Path(table["out"]) / f"gpt-seed-{seed}"), dict(before)
-        if "gpt" in table["reuse"]:
-            parent_gpt = Path(table["reuse"]["gpt"])
-            other["reuse"]["gpt"] = str(parent_gpt.parent / f"gpt-seed-{seed}" / "gpt")
-        runs.append((seed, other))
+    runs = []
+    for seed in cfg.gpt_seeds:
+        run = configlib.merge_tables(table, {"gpt": {"seed": seed}})
+        if seed != cfg.gpt_seeds[0]:
+            run["out"], run["reuse"] = str(Path(table["out"]) / f"gpt-seed-{seed}"), dict(before)
+            if "gpt" in table["reuse"]:
+                parent_gpt = Path(table["reuse"]["gpt"])
+                run["reuse"]["gpt"] = str(parent_gpt.parent / f"gpt-seed-{seed}" / "gpt")
+        runs.append((seed, run))
     return runs
 
 
