@@ -99,6 +99,19 @@ def init_distributed() -> Dist:
     return info
 
 
+def leave_process_group(*, wait: bool = True) -> None:
+    """Leave the process group, if one was joined, before the interpreter shuts down:
+    after a barrier where ``wait`` (every rank is done), at once where not (an error
+    path, where another rank may never reach a barrier). A rank that exits still in a
+    gloo group can abort during shutdown ("terminate called without an active
+    exception", SIGABRT) and fail a run whose work was done."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if wait and dist.get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def device_for(info: Dist) -> torch.device:
     return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else \
         torch.device("cpu")

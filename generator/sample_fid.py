@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from data.cli import positive_int, require_output_file
 from data.files import atomic_write_bytes, file_sha1
-from data.ranks import device_for, init_distributed
+from data.ranks import device_for, init_distributed, leave_process_group
 from generator.sample import add_sampling_args, settings_from_args
 from generator.samples import BATCH_SEED_STRIDE as CHUNK_SEED_STRIDE
 from generator.samples import (
@@ -146,9 +146,11 @@ def main(argv=None) -> int:
                                  progress=not args.quiet)
     except (ValueError, FileNotFoundError) as err:  # SampleError, WeightsError, ...
         print(f"generator.sample_fid: {err}", file=sys.stderr)
+        leave_process_group(wait=False)
         return 2
     if message:
         print(message)
+    leave_process_group()
     return 0
 
 

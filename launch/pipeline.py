@@ -36,7 +36,7 @@ from data import config as configlib
 from data.build_shards import BuildSettings, build_shards
 from data.builtin import mirror_refusal
 from data.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
-from data.ranks import check_environment, env_rank_world
+from data.ranks import check_environment, env_rank_world, leave_process_group
 from data.stream import read_manifest
 from data.tokens import FORMAT_TAG, finalize_token_shards, write_token_shards
 from eval import fid, leaderboard
@@ -446,7 +446,9 @@ def main(argv=None) -> int:
             record_config(cfg)
     except (StageError, configlib.ConfigError, ValueError, FileNotFoundError) as err:
         print(f"launch.pipeline: {err}", file=sys.stderr)
+        leave_process_group(wait=False)
         return 2
+    leave_process_group()
     return 0
 
 

@@ -43,7 +43,7 @@ from data.files import (
     save_checkpoint,
     save_weights,
 )
-from data.ranks import check_environment, launcher_env
+from data.ranks import check_environment, launcher_env, leave_process_group
 from data.stream import read_manifest
 from data.tokens import FORMAT_TAG, make_token_loader
 from generator.config import GPTConfig, gpt_config
@@ -466,7 +466,9 @@ def main(argv=None) -> int:
                   f"weights in {path}")
     except (configlib.ConfigError, ValueError, NonFiniteLoss) as err:
         print(f"launch.train_gpt: {err}", file=sys.stderr)
+        leave_process_group(wait=False)
         return 2
+    leave_process_group()
     return 0
 
 

@@ -30,7 +30,7 @@ from data.builtin import mirror_refusal
 from data.cli import require_output_dir
 from data.files import load_checkpoint, save_checkpoint, save_weights
 from data.loader import make_image_loader
-from data.ranks import Dist, check_environment, device_for, init_distributed
+from data.ranks import Dist, check_environment, device_for, init_distributed, leave_process_group
 from data.stream import read_manifest
 from eval.lpips import LPIPS
 from eval.weights import resolve_vgg16
@@ -249,11 +249,13 @@ def main(argv=None) -> int:
         result = trainer.run()
     except (configlib.ConfigError, ValueError, NonFiniteLoss) as err:
         print(f"launch.train_tokenizer: {err}", file=sys.stderr)
+        leave_process_group(wait=False)
         return 2
     if trainer.ranks.main:
         export_weights(trainer.last_checkpoint, Path(cfg.out) / "tokenizer.safetensors")
         print(f"done: {trainer.step_num} steps, {trainer.loss_line(result)}; weights in "
               f"{Path(cfg.out) / 'tokenizer.safetensors'}")
+    leave_process_group()
     return 0
 
 
