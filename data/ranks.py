@@ -104,10 +104,15 @@ def leave_process_group(*, wait: bool = True) -> None:
     after a barrier where ``wait`` (every rank is done), at once where not (an error
     path, where another rank may never reach a barrier). A rank that exits still in a
     gloo group can abort during shutdown ("terminate called without an active
-    exception", SIGABRT) and fail a run whose work was done."""
-    if not (dist.is_available() and dist.is_initialized()):
+    exception", SIGABRT) and fail a run whose work was done.
+
+    A single-rank group is left alone: it has no peers to abort on, and a caller that
+    runs several entry points in one process (tests, a notebook) keeps it, because
+    DeepSpeed caches the group it first saw and refuses a later one ("Group ... is
+    not registered")."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
-    if wait and dist.get_world_size() > 1:
+    if wait:
         dist.barrier()
     dist.destroy_process_group()
 

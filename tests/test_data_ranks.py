@@ -42,3 +42,17 @@ def _alone(rank: int) -> None:
 
 def test_leave_without_a_group_is_a_no_op():
     mp.spawn(_alone, nprocs=1, join=True)  # a fresh process: this one may hold a group
+
+
+def _single(rank: int, folder: str) -> None:
+    store = dist.FileStore(str(Path(folder) / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    group = dist.group.WORLD
+    leave_process_group()
+    # kept, and the same group: DeepSpeed, which cached it, still finds it registered
+    assert dist.is_initialized() and dist.group.WORLD is group
+    dist.destroy_process_group()
+
+
+def test_a_single_rank_group_is_kept_for_the_next_entry_point(tmp_path):
+    mp.spawn(_single, args=(str(tmp_path),), nprocs=1, join=True)
