@@ -242,6 +242,44 @@ def test_vq_decoder_map_gives_the_dense_gaussian_rows_decoder():
         VQConfig(decoder_map=-1)
 
 
+def _resblock_params(c: int) -> int:
+    """ResBlock(c, c) by hand: two 3x3 convs with bias, two GroupNorms (weight, bias)."""
+    return 2 * (9 * c * c + c) + 2 * (2 * c)
+
+
+def test_decoder_res_blocks_deepens_only_the_decoder():
+    """gaussian-debug64 with 2 decoder ResBlocks per level (the debug trunk has 1): the
+    encoder is untouched and the decoder grows by one ResBlock per level, 64 channels at
+    8x8 and 32 at 16x16, counted by hand; 0 or res_blocks builds the old decoder; a config
+    written before the field existed loads as that same model."""
+    from data import config as configlib
+    from tokenizer.config import ConvConfig, TokenizerConfig
+
+    base = registry_config("gaussian-debug64")
+    assert base.encoder.res_blocks == 1 and base.encoder.decoder_blocks == 1
+    deep = registry_config("gaussian-debug64")
+    deep.encoder.decoder_res_blocks = 2
+    shallow_model, deep_model = build_tokenizer(base), build_tokenizer(deep)
+
+    def count(module):
+        return sum(p.numel() for p in module.parameters())
+
+    assert count(deep_model.encoder) == count(shallow_model.encoder)
+    assert count(deep_model.decoder) - count(shallow_model.decoder) == \
+        _resblock_params(64) + _resblock_params(32)
+    same = registry_config("gaussian-debug64")
+    same.encoder.decoder_res_blocks = same.encoder.res_blocks
+    shapes = {k: v.shape for k, v in shallow_model.state_dict().items()}
+    assert {k: v.shape for k, v in build_tokenizer(same).state_dict().items()} == shapes
+    old = configlib.to_dict(base)
+    del old["encoder"]["decoder_res_blocks"]
+    assert configlib.from_dict(TokenizerConfig, old) == base
+    with pytest.raises(ValueError, match="decoder_res_blocks must be >= 0"):
+        ConvConfig(decoder_res_blocks=-1)
+    with pytest.raises(ValueError, match="decoder_res_blocks is for style 'resnet'"):
+        ConvConfig(style="taming", decoder_res_blocks=3)
+
+
 def test_taming_vq_trains_with_its_codebook_on_the_sphere():
     """LlamaGen's VQ trunk trains through our quantiser: gradients reach the encoder and
     the EMA codebook (k-means start, updates) stays l2-normalised."""

@@ -47,7 +47,8 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """[B, in_channels, s, s] -> [B, 3, s * factor, s * factor]; mirrors the encoder."""
+    """[B, in_channels, s, s] -> [B, 3, s * factor, s * factor]; mirrors the encoder
+    (``cfg.decoder_blocks`` ResBlocks per level)."""
 
     def __init__(self, cfg: ConvConfig, in_channels: int, factor: int):
         super().__init__()
@@ -59,7 +60,7 @@ class Decoder(nn.Module):
         self.conv_in = nn.Conv2d(in_channels, chans[0], 3, padding=1)
         layers, cin = [ResBlock(chans[0], chans[0], cfg.groups)], chans[0]
         for level, cout in enumerate(chans):
-            for _ in range(cfg.res_blocks):
+            for _ in range(cfg.decoder_blocks):
                 layers.append(ResBlock(cin, cout, cfg.groups))
                 cin = cout
             if level < len(chans) - 1:

@@ -37,6 +37,9 @@ class ConvConfig:
     groups: int = 32
     style: str = "resnet"  # "resnet" (ours) or "taming" (LlamaGen's VQGAN trunk)
     z_channels: int = 256  # taming: width of the encoder's output / the decoder's input
+    # resnet: ResBlocks per decoder level (0: res_blocks, as the encoder); a deeper decoder
+    # only, e.g. to match a baseline's parameter count at the same encoder
+    decoder_res_blocks: int = 0
 
     def __post_init__(self):
         if self.style not in STYLES:
@@ -46,6 +49,17 @@ class ConvConfig:
                              f"({self.groups})")
         if not self.ch_mult:
             raise ValueError("ch_mult must not be empty")
+        if self.decoder_res_blocks < 0:
+            raise ValueError(f"encoder.decoder_res_blocks must be >= 0 (0: res_blocks), got "
+                             f"{self.decoder_res_blocks}")
+        if self.decoder_res_blocks and self.style != "resnet":
+            raise ValueError("encoder.decoder_res_blocks is for style 'resnet' (taming's "
+                             "decoder has res_blocks + 1 per level, as LlamaGen's)")
+
+    @property
+    def decoder_blocks(self) -> int:
+        """ResBlocks per level of the resnet decoder."""
+        return self.decoder_res_blocks or self.res_blocks
 
     @property
     def factor(self) -> int:
