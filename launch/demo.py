@@ -13,8 +13,10 @@ every stage of its pipeline up to the first one its change touches. Every run sa
 once per seed in ``seeds`` (seed-S/ folders beside the first seed's sample/ and eval/,
 reusing the run's GPT) and the report gives mean ± std over them. With ``gpt_seeds``
 every run trains one GPT per seed (gpt-seed-G/ folders reusing its tokenizer and codes),
-each sampled with every seed of ``seeds``. Re-running skips
-finished stages and resumes unfinished ones.
+each sampled with every seed of ``seeds``. With ``tune`` (e.g. ``"sample.cfg" = [1.0,
+1.5, 2.0]``) every pipeline first chooses those settings by FID on its validation split
+(candidate runs under <pipeline>/tune/, launch/tuning.py) and its runs use the choice.
+Re-running skips finished stages and resumes unfinished ones.
 """
 
 import argparse
@@ -34,6 +36,13 @@ from launch.pipeline import (
     record_config,
 )
 from launch.report import write_demo_report
+from launch.tuning import (
+    STAGES_SHARED,
+    candidate_table,
+    check_tune,
+    tune_pipeline,
+    with_choices,
+)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.toml"
 
@@ -48,8 +57,12 @@ class DemoConfig:
     # GPT training seeds: [] = one GPT (its gpt.seed); else one GPT per seed, each sampled
     # with every seed of ``seeds`` (the report's mean ± std is over all of them)
     gpt_seeds: list[int] = field(default_factory=list)
+    # settings chosen per pipeline on the validation split before its runs
+    # (launch/tuning.py): "section.key" -> the values to try, in the order chosen
+    tune: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        check_tune(self.tune)
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
         if len(set(self.gpt_seeds)) != len(self.gpt_seeds):
@@ -145,14 +158,15 @@ def resolve(table: dict):
     return pcfg
 
 
-def run_one(name: str, pcfg, progress: bool) -> tuple[dict, dict]:
-    """Every stage of one run, timed; the first full measurement of a stage is kept."""
+def run_one(name: str, pcfg, progress: bool, stages=STAGES) -> tuple[dict, dict]:
+    """The stages of one run (all by default), timed; the first full measurement of a
+    stage is kept."""
     out = Path(pcfg.out)
     out.mkdir(parents=True, exist_ok=True)  # its data stage may be another run's
     pipeline = Pipeline(pcfg, progress=progress)
     timings_path = out / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-    for stage in STAGES:
+    for stage in stages:
         if stage in pcfg.reuse and stage != "data":
             continue  # another run's stage: timed there
         start = time.perf_counter()
@@ -162,6 +176,50 @@ def run_one(name: str, pcfg, progress: bool) -> tuple[dict, dict]:
             timings[stage] = time.perf_counter() - start
             atomic_write_json(timings_path, timings, sort_keys=False)
     return {stage: pipeline.dir(stage) for stage in STAGES}, timings
+
+
+def first_gpt_seed(cfg: DemoConfig) -> int | None:
+    return cfg.gpt_seeds[0] if cfg.gpt_seeds else None
+
+
+def check_candidates(cfg: DemoConfig) -> None:
+    """Before any stage: every tuning candidate of every pipeline resolves, and each
+    pipeline has the validation split and the FID they are chosen by."""
+    for name in cfg.pipelines:
+        table = pipeline_table(cfg, name)
+        pcfg = resolve(table)
+        if not pcfg.data.validation:
+            raise ValueError(f"tune: pipeline {name!r} has no validation split to choose on "
+                             "(set data.validation = true)")
+        if "fid" not in pcfg.eval.metrics.split(","):
+            raise ValueError(f"tune: pipeline {name!r} does not compute the FID its "
+                             f"settings are chosen by (eval.metrics = {pcfg.eval.metrics!r})")
+        for key, values in cfg.tune.items():
+            for value in values:
+                resolve(candidate_table(table, key, value, {}, first_gpt_seed(cfg),
+                                        str(Path(table["out"]) / "gpt")))
+
+
+def tune_pipelines(cfg: DemoConfig, progress: bool, timings: dict) -> dict:
+    """Every pipeline's tune choices (launch/tuning.py), laid over ``cfg.pipelines``;
+    the stages its candidates share run first. -> name -> tune.json's record."""
+    records = {}
+    trains_gpts = any(key.startswith("gpt.") for key in cfg.tune)
+    for name in cfg.pipelines:
+        table = pipeline_table(cfg, name)
+        seed = first_gpt_seed(cfg)
+        first = table if seed is None else configlib.merge_tables(table, {"gpt": {"seed": seed}})
+        shared = STAGES_SHARED if trains_gpts else (*STAGES_SHARED, "gpt")
+        _, timings[name] = run_one(name, resolve(first), progress, shared)
+
+        def run(label, candidate, name=name):
+            dirs, timings[f"{name} {label}"] = run_one(f"{name} {label}", resolve(candidate),
+                                                       progress)
+            return dirs
+
+        records[name] = tune_pipeline(cfg.tune, table, seed, run)
+        cfg.pipelines[name] = with_choices(cfg.pipelines[name], records[name]["chosen"])
+    return records
 
 
 def main(argv=None) -> int:
@@ -183,11 +241,21 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "demo.toml").write_text(configlib.dumps(cfg))
         dirs, abl_dirs, timings, notes = {}, {}, {}, {}
-        runs = [(name, pipeline_table(cfg, name), dirs) for name in cfg.pipelines]
-        runs += [(name, ablation_table(cfg, name), abl_dirs)
-                 for name in (cfg.ablations if args.ablations else [])]
-        resolved = {(name, key): resolve(seeded) for name, table, _ in runs  # all first
-                    for key, seeded in run_tables(cfg, table)}
+
+        def plan():
+            runs = [(name, pipeline_table(cfg, name), dirs) for name in cfg.pipelines]
+            runs += [(name, ablation_table(cfg, name), abl_dirs)
+                     for name in (cfg.ablations if args.ablations else [])]
+            resolved = {(name, key): resolve(seeded) for name, table, _ in runs  # all first
+                        for key, seeded in run_tables(cfg, table)}
+            return runs, resolved
+
+        runs, resolved = plan()
+        tuning = {}
+        if cfg.tune:
+            check_candidates(cfg)
+            tuning = tune_pipelines(cfg, not args.quiet, timings)
+            runs, resolved = plan()  # the pipelines (and their ablations) with the choices
         for name, table, into in runs:
             into[name] = []
             for key, _ in run_tables(cfg, table):
@@ -202,7 +270,7 @@ def main(argv=None) -> int:
                   "classifier", flush=True)
         start = time.perf_counter()
         report = write_demo_report(out, dirs, abl_dirs, out / "data", timings, notes,
-                                   gpt_seeds=len(cfg.gpt_seeds) or 1)
+                                   gpt_seeds=len(cfg.gpt_seeds) or 1, tuning=tuning)
     except (StageError, configlib.ConfigError, ValueError, FileNotFoundError) as err:
         print(f"launch.demo: {err}", file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ from generator.config import GPTConfig
 from generator.heldout import generative_accuracy
 from generator.model import flops_per_token
 from generator.samples import load_gpt
+from launch.tuning import tuning_lines
 from tokenizer.build import load_tokenizer
 from tokenizer.evaluate import evaluate
 from tokenizer.visualize import reconstruction_sheet, to_uint8
@@ -151,7 +152,8 @@ REPORTED = ("fid", "sfid", "prec", "recall")  # of eval.metrics.METRICS (IS: no 
 MEASURES = (*REPORTED, "accuracy_generated")
 GPT_MEASURES = ("heldout_bits_per_image",)  # one value per trained GPT
 # also in report.json
-COSTS = ("seeds", "heldout", "gpt_classifier", "gpt_parameters", "gpt_train_flops_per_image")
+COSTS = ("seeds", "heldout", "gpt_classifier", "gpt_parameters", "gpt_train_flops_per_image",
+         "gpt_weights", "heldout_set")  # the last two: which export, scored on which codes
 
 
 def over_seeds(per_seed: list[dict]) -> dict:
@@ -206,12 +208,14 @@ def _sampling(s: dict, has_positions: bool) -> str:
 
 
 def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Path,
-                      timings: dict, notes: dict | None = None, gpt_seeds: int = 1) -> Path:
+                      timings: dict, notes: dict | None = None, gpt_seeds: int = 1,
+                      tuning: dict | None = None) -> Path:
     """runs/demo/report.md from finished pipeline folders.
 
     pipelines / ablations: name -> one {stage: folder} per run (GPT seed x sampling seed,
     the first run first; ablations may be empty); timings: run label -> {stage: seconds};
-    gpt_seeds: how many GPT training seeds the runs span.
+    gpt_seeds: how many GPT training seeds the runs span; tuning: pipeline name -> its
+    tune.json record (launch/tuning.py), where settings were chosen on the validation split.
     """
     out, notes = Path(out), notes or {}
     train = load_shard_images(data_dir / "train")
@@ -306,6 +310,7 @@ def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Pat
         "small-sample bias: compare it with the floor, not with ImageNet numbers. FID "
         f"weights: {rows[names[0]]['weights']['source']}, resize {rows[names[0]]['resize']}.",
     ]
+    lines += tuning_lines(tuning or {})
     if ablations:
         lines += ["", "## Ablations (each changes one thing of its pipeline; the rest is "
                   "reused)", "",
@@ -332,6 +337,7 @@ def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Pat
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     summary = {"fid_floor": floor, "accuracy_heldout_real": classifier.accuracy(*heldout),
+               **({"tuning": tuning} if tuning else {}),
                **{k: {**{m: v for m, v in rows[k].items()
                          if m.removesuffix("_std") in (*MEASURES, *GPT_MEASURES) or m in COSTS},
                       **({"tokenizer": toks[k]} if k in toks else {})} for k in rows}}

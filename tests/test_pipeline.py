@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from launch import pipeline
 from tests.test_eval_features import _images
@@ -216,7 +217,7 @@ def test_the_frontier_config_resolves_4_pipelines_x_2_gpts_x_3_samplings():
     from pathlib import Path
 
     from data import config as configlib
-    from launch.demo import DemoConfig, pipeline_table, resolve, run_tables
+    from launch.demo import DemoConfig, check_candidates, pipeline_table, resolve, run_tables
 
     path = Path(pipeline.__file__).parent / "configs" / "frontier-mnist.toml"
     cfg = configlib.load(DemoConfig, path, [])
@@ -228,6 +229,9 @@ def test_the_frontier_config_resolves_4_pipelines_x_2_gpts_x_3_samplings():
     assert len({json.dumps(g, sort_keys=True) for g in gpts.values()}) == 1
     assert {runs[n, k].gpt["seed"] for n, k in runs} == {0, 1}
     assert all(p.data.validation and p.sample.weights == "best" for p in runs.values())
+    # dropout, then cfg, chosen for every pipeline on val; every candidate resolves
+    assert list(cfg.tune) == ["gpt.model.dropout", "sample.cfg"]
+    check_candidates(cfg)
 
 
 def test_sampling_the_best_weights_needs_held_out_codes():
@@ -323,3 +327,43 @@ def test_the_demo_report_shows_what_the_generator_pays(run):
     assert f"{100 * expected['accuracy']:.1f}% (position " in text
     cfg = GPTConfig(**meta["gpt"])
     assert summary["gpt_train_flops_per_image"] == flops_per_token(cfg) * cfg.num_tokens
+
+
+def test_the_report_scores_the_weights_that_were_sampled(run, tmp_path):
+    """With sample.weights = "best" the report reads gpt-best: its held-out record and
+    its classifier. Here gpt-best is replaced by all-zero weights (every class equally
+    likely, so argmax picks class 0: its accuracy is the share of class 0, a known
+    value) and a record of its own, so reading gpt instead cannot pass."""
+    import shutil
+
+    from data.files import load_weights, save_weights
+    from data.tokens import make_token_loader
+    from launch.report import write_demo_report
+
+    root, _, _ = run
+    out = root / "out"
+    gpt, sample = tmp_path / "gpt", tmp_path / "sample"
+    shutil.copytree(out / "gpt", gpt)
+    shutil.copytree(out / "sample", sample)
+    state = load_weights(gpt / "gpt-best.safetensors")
+    save_weights(gpt / "gpt-best.safetensors", {k: torch.zeros_like(v) for k, v in state.items()})
+    record = json.loads((gpt / "gpt-best.json").read_text())
+    record["heldout"] = {**record["heldout"], "bits_per_image": 12345.0}
+    (gpt / "gpt-best.json").write_text(json.dumps(record))
+    stage = json.loads((sample / "stage.json").read_text())
+    stage["config"]["weights"] = "best"
+    (sample / "stage.json").write_text(json.dumps(stage))
+
+    report = tmp_path / "report"
+    (report / "p").mkdir(parents=True)
+    dirs = {**{s: out / s for s in pipeline.STAGES}, "gpt": gpt, "sample": sample}
+    text = write_demo_report(report, {"p": [dirs]}, {}, out / "data", {"p": {}}).read_text()
+    summary = json.loads((report / "report.json").read_text())["p"]
+    assert summary["gpt_weights"] == "gpt-best" and summary["heldout"] == record["heldout"]
+    assert "| GPT sampled (the export) and the set it is scored on | gpt-best, heldout |" in text
+    labels = torch.cat([y for _, y in make_token_loader(out / "codes" / "heldout",
+                                                        batch_size=7, train=False)])
+    share = (labels == 0).double().mean().item()
+    classifier = summary["gpt_classifier"]
+    assert classifier["images"] == len(labels)
+    assert all(classifier[k] == pytest.approx(share) for k in classifier if k != "images")
