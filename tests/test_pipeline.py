@@ -230,7 +230,7 @@ def test_the_frontier_config_resolves_4_pipelines_x_2_gpts_x_3_samplings():
     assert {runs[n, k].gpt["seed"] for n, k in runs} == {0, 1}
     assert all(p.data.validation and p.sample.weights == "best" for p in runs.values())
     # dropout, then cfg, chosen for every pipeline on val; every candidate resolves
-    assert list(cfg.tune) == ["gpt.model.dropout", "sample.cfg"]
+    assert list(cfg.tune) == ["gpt.model.dropout", "sample.cfg", "sample.order"]
     check_candidates(cfg)
 
 
