@@ -403,8 +403,23 @@ def flops_per_token(cfg: GPTConfig) -> float:
     through (attention projections, FFN, each component's output layer, the tuple heads'
     SwiGLU for components 1.., the factorised position's row and column scores) + the
     attention scores and values (12 L d N: forward 4 L d N, backward twice that)."""
+    return 6 * _macs_per_tuple(cfg) + 12 * cfg.layers * cfg.dim * cfg.num_tokens
+
+
+def _macs_per_tuple(cfg: GPTConfig) -> float:
+    """Multiply-adds of every matmul one tuple goes through (trunk and heads)."""
     per_layer = 4 * cfg.dim * cfg.dim + 3 * cfg.dim * cfg.ffn_hidden
     heads = cfg.dim * sum(cfg.vocab_sizes) + 3 * cfg.dim * cfg.dim * (len(cfg.vocab_sizes) - 1)
     if factorised_position(cfg):
         heads += cfg.dim * 2 * cfg.position_grid
-    return 6 * (cfg.layers * per_layer + heads) + 12 * cfg.layers * cfg.dim * cfg.num_tokens
+    return cfg.layers * per_layer + heads
+
+
+def sampling_flops_per_image(cfg: GPTConfig, guided: bool) -> float:
+    """FLOPs to sample one image's N tuples with the KV cache: N decoding steps, each a
+    forward pass of one position (2 x its multiply-adds) and attention over the i + 1
+    cached positions of step i (4 L d (i + 1): scores and values); classifier-free
+    guidance runs the conditional and the unconditional half, twice the work."""
+    n = cfg.num_tokens
+    flops = 2 * _macs_per_tuple(cfg) * n + 2 * cfg.layers * cfg.dim * n * (n + 1)
+    return 2 * flops if guided else flops

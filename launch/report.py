@@ -31,7 +31,7 @@ from eval.sets import load_shard_images
 from eval.weights import resolve_inception, resolve_vgg16
 from generator.config import GPTConfig
 from generator.heldout import generative_accuracy
-from generator.model import flops_per_token
+from generator.model import flops_per_token, sampling_flops_per_image
 from generator.samples import load_gpt
 from launch.tuning import tuning_lines
 from tokenizer.build import load_tokenizer
@@ -141,6 +141,8 @@ def generation_numbers(run: Path, gpt_dir: Path, sample_dir: Path, eval_dir: Pat
             "gpt_dir": str(gpt_dir), "heldout_bits_per_image":
                 (gpt_meta.get("heldout") or {}).get("bits_per_image"),
             "gpt_train_flops_per_image": flops_per_token(gpt_cfg) * gpt_cfg.num_tokens,
+            "gpt_sample_flops_per_image": sampling_flops_per_image(
+                gpt_cfg, guided=sample_cfg.get("cfg", 1.0) != 1.0),
             "accuracy_generated": classifier.accuracy(images, labels),
             "train_log": gpt_meta.get("train_log", {}), "rope": gpt_meta["gpt"]["rope"],
             "positions": gpt_meta["gpt"].get("position_component", -1) >= 0,
@@ -153,6 +155,7 @@ MEASURES = (*REPORTED, "accuracy_generated")
 GPT_MEASURES = ("heldout_bits_per_image",)  # one value per trained GPT
 # also in report.json
 COSTS = ("seeds", "heldout", "gpt_classifier", "gpt_parameters", "gpt_train_flops_per_image",
+         "gpt_sample_flops_per_image",
          "gpt_weights", "heldout_set")  # the last two: which export, scored on which codes
 
 
@@ -291,6 +294,8 @@ def write_demo_report(out: Path, pipelines: dict, ablations: dict, data_dir: Pat
     row("GPT parameters", [f"{rows[k]['gpt_parameters']:,}" for k in names])
     row("GPT training FLOPs per image (one pass)",
         [f"{rows[k]['gpt_train_flops_per_image'] / 1e6:.1f} M" for k in names])
+    row("GPT sampling FLOPs per image (KV cache; x2 with guidance)",
+        [f"{rows[k]['gpt_sample_flops_per_image'] / 1e6:.1f} M" for k in names])
     row("sampling", [_sampling(rows[k]["sample"], rows[k]["positions"]) for k in names])
     row(f"FID generated ({n}) vs held-out ({len(heldout[0])})", [_m(rows[k], "fid")
                                                                  for k in names])

@@ -206,3 +206,35 @@ def test_flops_per_token_counts_every_matmul_of_the_tuple_model():
     model(torch.tensor([0, 1]), tokens)
     expected = 6 * sum(macs) / (B * N) + 12 * cfg.layers * cfg.dim * N
     assert flops_per_token(cfg) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 1.5])
+def test_sampling_flops_per_image_counts_a_cached_generation(cfg_scale, monkeypatch):
+    """Every matmul of a real cached generation (torch's FlopCounterMode) + the attention
+    it does: 4 x head width x the positions each query may attend (the static cache's
+    mask), counted at every attention call; CFG doubles both."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from generator.config import gpt_config
+    from generator.model import sampling_flops_per_image
+    from generator.sampling import generate
+
+    cfg = gpt_config("debug", vocab_sizes=[64, 12, 20], num_tokens=16, num_classes=5,
+                     component_names=["position", "shape", "code"], position_component=0,
+                     position_grid=8)
+    model = GPT(cfg)
+    attention = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(q, k, v, attn_mask=None, **kw):
+        allowed = attn_mask.sum().item() if attn_mask is not None else q.shape[-2] * k.shape[-2]
+        attention.append(4 * q.shape[0] * q.shape[1] * q.shape[-1] * allowed)
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    B = 3
+    with FlopCounterMode(display=False) as counter:
+        generate(model, torch.arange(B), cfg_scale=cfg_scale)
+    assert len(attention) == cfg.layers * cfg.num_tokens  # the cached path ran
+    counted = (counter.get_total_flops() + sum(attention)) / B
+    assert sampling_flops_per_image(cfg, cfg_scale != 1.0) == pytest.approx(counted, rel=1e-12)

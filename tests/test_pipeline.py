@@ -300,7 +300,7 @@ def test_a_bad_value_in_a_later_stage_is_refused_before_the_first(tmp_path, caps
 
 def test_the_demo_report_shows_what_the_generator_pays(run):
     from generator.config import GPTConfig
-    from generator.model import flops_per_token
+    from generator.model import flops_per_token, sampling_flops_per_image
     from launch.report import write_demo_report
 
     root, _, _ = run
@@ -327,6 +327,11 @@ def test_the_demo_report_shows_what_the_generator_pays(run):
     assert f"{100 * expected['accuracy']:.1f}% (position " in text
     cfg = GPTConfig(**meta["gpt"])
     assert summary["gpt_train_flops_per_image"] == flops_per_token(cfg) * cfg.num_tokens
+    guided = json.loads((out / "sample" / "stage.json").read_text())["config"]["cfg"] != 1.0
+    sampling = sampling_flops_per_image(cfg, guided)
+    assert summary["gpt_sample_flops_per_image"] == sampling
+    row = "| GPT sampling FLOPs per image (KV cache; x2 with guidance) |"
+    assert f"{row} {sampling / 1e6:.1f} M |" in text
 
 
 def test_the_report_scores_the_weights_that_were_sampled(run, tmp_path):
