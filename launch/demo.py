@@ -5,6 +5,7 @@ runs/demo/report.md with both side by side.
     bash launch/demo.sh                                    # set-up + this; re-run to resume
     python -m launch.demo --config launch/configs/demo.toml [--set base.gpt.steps=500]
     python -m launch.demo --ablations                      # + one-change ablation rows
+    python -m launch.demo --config C --only vq-16 --only gaussian-16   # some pipelines
 
 Layout under ``out``: data/ (one data stage shared by every run), one pipeline folder
 per name in ``pipelines`` (data -> tokenizer -> codes -> gpt -> sample -> eval, see
@@ -222,6 +223,18 @@ def tune_pipelines(cfg: DemoConfig, progress: bool, timings: dict) -> dict:
     return records
 
 
+def keep_only(cfg: DemoConfig, names: list[str]) -> None:
+    """Drop every pipeline not in ``names`` (all kept when empty), and its ablations."""
+    if not names:
+        return
+    unknown = [n for n in names if n not in cfg.pipelines]
+    if unknown:
+        raise ValueError(f"--only {unknown[0]}: the config's pipelines are "
+                         f"{sorted(cfg.pipelines)}")
+    cfg.pipelines = {n: t for n, t in cfg.pipelines.items() if n in names}
+    cfg.ablations = {n: a for n, a in cfg.ablations.items() if a["of"] in names}
+
+
 def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m launch.demo", description=__doc__,
@@ -233,13 +246,20 @@ def main(argv=None) -> int:
     parser.add_argument("--ablations", action="store_true",
                         help="also run the config's ablations (each reuses its pipeline's "
                              "finished stages) and add their rows to the report")
+    parser.add_argument("--only", action="append", default=[], metavar="PIPELINE",
+                        help="run (tune, train, sample) and report only this pipeline of the "
+                             "config, and the ablations of it (repeatable): a long config in "
+                             "parts; its folders are the full run's, so a later run without "
+                             "--only reuses them and reports every pipeline")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
     try:
         cfg = configlib.load(DemoConfig, args.config, args.set)
+        full = configlib.dumps(cfg)  # the config as given, --only or not
+        keep_only(cfg, args.only)
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "demo.toml").write_text(configlib.dumps(cfg))
+        (out / "demo.toml").write_text(full)
         dirs, abl_dirs, timings, notes = {}, {}, {}, {}
 
         def plan():

@@ -154,6 +154,22 @@ def test_demo_ablations_reuse_every_stage_before_their_change(tmp_path):
         DemoConfig(pipelines={"g": {}}, ablations={"x": {"of": "vq"}})
 
 
+def test_demo_only_keeps_the_named_pipelines_their_ablations_and_their_folders(tmp_path):
+    from launch.demo import DemoConfig, keep_only, pipeline_table
+
+    def config():
+        return DemoConfig(out=str(tmp_path), pipelines={"a": {}, "b": {"gpt": {"steps": 2}}},
+                          ablations={"a1": {"of": "a"}, "b1": {"of": "b"}})
+    full, part = config(), config()
+    keep_only(part, ["b"])
+    assert list(part.pipelines) == ["b"] and list(part.ablations) == ["b1"]
+    assert pipeline_table(part, "b") == pipeline_table(full, "b")  # the full run's folders
+    keep_only(full, [])
+    assert list(full.pipelines) == ["a", "b"] and len(full.ablations) == 2
+    with pytest.raises(ValueError, match=r"--only c: the config's pipelines are \['a', 'b'\]"):
+        keep_only(config(), ["b", "c"])
+
+
 def test_demo_gpt_seeds_train_one_gpt_each_and_count_once_in_gpt_measures(tmp_path):
     from launch.demo import DemoConfig, ablation_table, pipeline_table, run_tables
     from launch.report import over_seeds
