@@ -13,7 +13,9 @@ the values chosen before it): one candidate run per value under
 the first sampling seed, scored by FID against ``data/val`` (the validation split, never
 the held-out images the report is measured on); the lowest FID wins (the first value on
 a tie). Candidates reuse the pipeline's data, tokenizer and codes, and a sampling
-candidate the GPT chosen before it. The choices are recorded in
+candidate the GPT chosen before it; a candidate that would repeat an earlier one (the
+same GPT, sample and eval settings, e.g. the cfg the chosen GPT was sampled with) is
+not run again: it has that run's FID. The choices are recorded in
 ``<out>/<pipeline>/tune/tune.json`` and laid over the pipeline before its runs (and its
 ablations). Only ``gpt.*`` and ``sample.*`` keys can be tuned (a tokenizer setting would
 change the codes every candidate shares), and every ``gpt.*`` key comes before the
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from data import config as configlib
 from data.files import atomic_write_json, read_json
+from launch.pipeline import EvalStage, SampleStage
 
 STAGES_SHARED = ("data", "tokenizer", "codes")  # every candidate of a pipeline reuses these
 CRITERION = "FID against data/val"
@@ -81,6 +84,15 @@ def candidate_table(table: dict, key: str, value, chosen: dict, gpt_seed: int | 
     return run
 
 
+def sampled_as(candidate: dict) -> tuple:
+    """What a candidate's FID depends on besides the stages every candidate shares: the
+    GPT it samples (its own when it trains one) and its sample and eval settings, with
+    their defaults (so "order" = "auto" given equals "order" left out)."""
+    gpt = candidate["reuse"].get("gpt") or str(Path(candidate["out"]) / "gpt")
+    return (gpt, configlib.from_dict(SampleStage, candidate.get("sample", {})),
+            configlib.from_dict(EvalStage, candidate.get("eval", {})))
+
+
 def validation_fid(eval_dir: Path) -> float:
     """A finished candidate's FID against data/val, from its eval stage folder."""
     result = read_json(Path(eval_dir) / "result.json", "a tuning run's result", ("metrics",))
@@ -98,12 +110,20 @@ def tune_pipeline(tune: dict, table: dict, gpt_seed: int | None, run) -> dict:
     out = Path(table["out"])
     gpt_dir = str(out / "gpt")  # no gpt.* key tuned: the pipeline's own GPT
     chosen, keys = {}, {}
+    finished = []  # (what a candidate's result depends on, its FID, its folders)
     for key, values in tune.items():
         fids, gpts = [], []
         for value in values:
-            dirs = run(f"tune {key}={value}",
-                       candidate_table(table, key, value, chosen, gpt_seed, gpt_dir))
-            fids.append(validation_fid(Path(dirs["eval"])))
+            candidate = candidate_table(table, key, value, chosen, gpt_seed, gpt_dir)
+            same = sampled_as(candidate)
+            earlier = [(fid, dirs) for s, fid, dirs in finished if s == same]
+            if earlier:  # e.g. cfg = the value the chosen GPT was sampled with: that run
+                fid, dirs = earlier[0]
+            else:
+                dirs = run(f"tune {key}={value}", candidate)
+                fid = validation_fid(Path(dirs["eval"]))
+            finished.append((same, fid, dirs))
+            fids.append(fid)
             gpts.append(str(dirs["gpt"]))
         best = min(range(len(values)), key=lambda i: fids[i])  # the first on a tie
         chosen[key] = values[best]

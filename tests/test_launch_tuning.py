@@ -88,6 +88,34 @@ def test_the_lowest_validation_fid_wins_in_order_and_the_sampler_uses_the_chosen
     assert {c["reuse"]["gpt"] for _, _, c in calls} == {str(tmp_path / "b" / "p" / "gpt")}
 
 
+def test_a_candidate_that_repeats_an_earlier_run_is_not_run_again(tmp_path):
+    """cfg 1.5 is what the chosen GPT was sampled with, and order "auto" given is order
+    left out: both repeat a run already made, so they take its FID without running."""
+    fid = {("gpt.model.dropout", 0.0): 9.0, ("gpt.model.dropout", 0.1): 7.0,
+           ("sample.cfg", 2.0): 8.0, ("sample.order", "off"): 6.0}
+    labels = []
+
+    def run(label, candidate):
+        key, value = label.removeprefix("tune ").split("=")
+        value = value if key == "sample.order" else float(value)
+        out = Path(candidate["out"])
+        (out / "eval").mkdir(parents=True)
+        (out / "eval" / "result.json").write_text(json.dumps(
+            {"metrics": {"fid": fid[key, value]}}))
+        labels.append(label)
+        return {"gpt": candidate["reuse"].get("gpt", str(out / "gpt")), "eval": out / "eval"}
+
+    tune = {"gpt.model.dropout": [0.0, 0.1], "sample.cfg": [1.5, 2.0],
+            "sample.order": ["auto", "off"]}
+    record = tune_pipeline(tune, _table(tmp_path), 3, run)
+    assert labels == ["tune gpt.model.dropout=0.0", "tune gpt.model.dropout=0.1",  # the
+                      "tune sample.cfg=2.0", "tune sample.order=off"]  # same sampling, 2 GPTs
+    assert record["keys"]["sample.cfg"]["fid"] == [7.0, 8.0]  # 1.5: the dropout=0.1 run
+    assert record["keys"]["sample.order"]["fid"] == [7.0, 6.0]
+    assert record["chosen"] == {"gpt.model.dropout": 0.1, "sample.cfg": 1.5,
+                                "sample.order": "off"}
+
+
 def test_the_demo_refuses_a_tune_it_cannot_choose_on_val(tmp_path, capsys):
     from launch import demo
 
