@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data import config as configlib
-from data.files import atomic_write_json
+from data.files import atomic_write_json, read_json
 from launch.pipeline import (
     STAGES,
     Pipeline,
@@ -235,6 +235,20 @@ def keep_only(cfg: DemoConfig, names: list[str]) -> None:
     cfg.ablations = {n: a for n, a in cfg.ablations.items() if a["of"] in names}
 
 
+def reuse_tuned_gpt(pcfg, tuned: dict) -> None:
+    """A run of its pipeline's first GPT (the pipeline itself, a further sampling seed, an
+    ablation that keeps the GPT) samples the GPT tuning chose instead of training the
+    same one again, when that GPT's recorded config is the one this run would train.
+    tuned: the pipeline's own GPT folder -> the chosen candidate's (tune.json "gpt")."""
+    own = pcfg.reuse.get("gpt") or str(Path(pcfg.out) / "gpt")
+    if own not in tuned or not (Path(tuned[own]) / "stage.json").exists():
+        return
+    found = read_json(Path(tuned[own]) / "stage.json", "the tuned GPT's record")["config"]
+    mine = configlib.to_dict(Pipeline(pcfg, progress=False).gpt_config())
+    if {**found, "out": None} == {**mine, "out": None}:
+        pcfg.reuse["gpt"] = tuned[own]
+
+
 def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m launch.demo", description=__doc__,
@@ -276,6 +290,10 @@ def main(argv=None) -> int:
             check_candidates(cfg)
             tuning = tune_pipelines(cfg, not args.quiet, timings)
             runs, resolved = plan()  # the pipelines (and their ablations) with the choices
+            tuned = {str(Path(cfg.out) / name / "gpt"): record["gpt"]
+                     for name, record in tuning.items() if "gpt" in record}
+            for pcfg in resolved.values():
+                reuse_tuned_gpt(pcfg, tuned)
         for name, table, into in runs:
             into[name] = []
             for key, _ in run_tables(cfg, table):

@@ -17,9 +17,10 @@ candidate the GPT chosen before it; a candidate that would repeat an earlier one
 same GPT, sample and eval settings, e.g. the cfg the chosen GPT was sampled with) is
 not run again: it has that run's FID. The choices are recorded in
 ``<out>/<pipeline>/tune/tune.json`` and laid over the pipeline before its runs (and its
-ablations). Only ``gpt.*`` and ``sample.*`` keys can be tuned (a tokenizer setting would
-change the codes every candidate shares), and every ``gpt.*`` key comes before the
-``sample.*`` keys.
+ablations); where a gpt.* key was tuned, the runs of the first GPT seed sample the chosen
+candidate's GPT (the same config: checked) instead of training it again. Only ``gpt.*``
+and ``sample.*`` keys can be tuned (a tokenizer setting would change the codes every
+candidate shares), and every ``gpt.*`` key comes before the ``sample.*`` keys.
 """
 
 from pathlib import Path
@@ -106,7 +107,8 @@ def tune_pipeline(tune: dict, table: dict, gpt_seed: int | None, run) -> dict:
     """Choose every key of ``tune`` for the pipeline ``table``; ``run(label, table) ->
     {stage: folder}`` runs (or skips, when finished) one candidate. Every stage the
     candidates share must be finished. -> the record written to tune/tune.json:
-    {"criterion", "keys": {key: {"values", "fid", "chosen"}}, "chosen": {key: value}}."""
+    {"criterion", "keys": {key: {"values", "fid", "chosen"}}, "chosen": {key: value}}, and
+    "gpt": the chosen GPT's folder where a gpt.* key was tuned."""
     out = Path(table["out"])
     gpt_dir = str(out / "gpt")  # no gpt.* key tuned: the pipeline's own GPT
     chosen, keys = {}, {}
@@ -131,6 +133,8 @@ def tune_pipeline(tune: dict, table: dict, gpt_seed: int | None, run) -> dict:
         if key.startswith("gpt."):
             gpt_dir = gpts[best]
     record = {"criterion": CRITERION, "keys": keys, "chosen": chosen}
+    if gpt_dir != str(out / "gpt"):  # a gpt.* key was tuned: the chosen GPT's folder
+        record["gpt"] = gpt_dir
     atomic_write_json(out / "tune" / "tune.json", record, sort_keys=False)
     return record
 

@@ -76,6 +76,7 @@ def test_the_lowest_validation_fid_wins_in_order_and_the_sampler_uses_the_chosen
         if key == "sample.cfg":  # sampled from the chosen GPT, with the chosen dropout
             assert candidate["reuse"]["gpt"] == winner
             assert candidate["gpt"]["model"]["dropout"] == 0.1
+    assert record["gpt"] == winner  # the first GPT seed's runs sample it
     saved = json.loads((tmp_path / "p" / "tune" / "tune.json").read_text())
     assert saved == json.loads(json.dumps(record))
     lines = tuning_lines({"p": record})
@@ -84,8 +85,9 @@ def test_the_lowest_validation_fid_wins_in_order_and_the_sampler_uses_the_chosen
     assert tuning_lines({}) == []
     # a sampling-only tune samples the pipeline's own GPT
     calls.clear()
-    tune_pipeline({"sample.cfg": [1.0, 2.0]}, _table(tmp_path / "b"), None, run)
+    record = tune_pipeline({"sample.cfg": [1.0, 2.0]}, _table(tmp_path / "b"), None, run)
     assert {c["reuse"]["gpt"] for _, _, c in calls} == {str(tmp_path / "b" / "p" / "gpt")}
+    assert "gpt" not in record
 
 
 def test_a_candidate_that_repeats_an_earlier_run_is_not_run_again(tmp_path):
@@ -114,6 +116,33 @@ def test_a_candidate_that_repeats_an_earlier_run_is_not_run_again(tmp_path):
     assert record["keys"]["sample.order"]["fid"] == [7.0, 6.0]
     assert record["chosen"] == {"gpt.model.dropout": 0.1, "sample.cfg": 1.5,
                                 "sample.order": "off"}
+
+
+def test_a_run_samples_the_tuned_gpt_only_when_it_would_train_the_same_one(tmp_path):
+    from data import config as configlib
+    from launch.demo import resolve, reuse_tuned_gpt
+    from launch.pipeline import Pipeline
+
+    def run(**changes):
+        table = {"out": str(tmp_path / "p"), "data": {"builtin": "mnist"},
+                 "gpt": {"steps": 3, **changes}}
+        return resolve(table)
+
+    tuned_dir = tmp_path / "p" / "tune" / "gpt.steps=3" / "gpt"
+    tuned_dir.mkdir(parents=True)
+    config = configlib.to_dict(Pipeline(run(), progress=False).gpt_config())
+    (tuned_dir / "stage.json").write_text(json.dumps(
+        {"config": {**config, "out": str(tuned_dir)}}))
+    tuned = {str(tmp_path / "p" / "gpt"): str(tuned_dir)}
+    same, other_seed = run(), run(seed=5)
+    reuse_tuned_gpt(same, tuned)
+    assert same.reuse == {"gpt": str(tuned_dir)}
+    reuse_tuned_gpt(other_seed, tuned)  # another GPT: trained, not taken from tuning
+    assert other_seed.reuse == {}
+    elsewhere = run()
+    elsewhere.out = str(tmp_path / "q")  # another pipeline's runs
+    reuse_tuned_gpt(elsewhere, tuned)
+    assert elsewhere.reuse == {}
 
 
 def test_the_demo_refuses_a_tune_it_cannot_choose_on_val(tmp_path, capsys):
@@ -158,13 +187,16 @@ cfg = 1.5
 metrics = "fid"
 [pipelines.p]
 [tune]
+"gpt.model.dropout" = [0.0, 0.1]
 "sample.cfg" = [1.0, 3.0]
 """
 
 
 @pytest.mark.slow
 def test_the_demo_chooses_on_val_then_runs_the_pipeline_with_the_choice(tmp_path):
+    from data import config as configlib
     from launch import demo
+    from launch.pipeline import PipelineConfig
 
     config = tmp_path / "d.toml"
     out = tmp_path / "o"
@@ -181,6 +213,11 @@ def test_the_demo_chooses_on_val_then_runs_the_pipeline_with_the_choice(tmp_path
                              "stage.json").read_text())
         assert sample["config"]["cfg"] == value
     assert not (out / "p" / "tune" / "sample.cfg=1.0" / "gpt").exists()
+    chosen_gpt = out / "p" / "tune" / f"gpt.model.dropout={record['chosen']['gpt.model.dropout']}"
+    assert record["gpt"] == str(chosen_gpt / "gpt")
+    ran = configlib.load(PipelineConfig, out / "p" / "pipeline.toml")
+    assert ran.reuse["gpt"] == record["gpt"] and not (out / "p" / "gpt").exists()  # sampled,
+    # not trained again
     main_sample = json.loads((out / "p" / "sample" / "stage.json").read_text())["config"]
     assert main_sample["cfg"] == record["chosen"]["sample.cfg"]
     main_eval = json.loads((out / "p" / "eval" / "stage.json").read_text())
