@@ -31,7 +31,8 @@ SIZE, MARGIN = (720, 440), (80, 30, 30, 60)  # left, top, right, bottom
 
 
 def family(row: dict) -> str:
-    return "GaussianToken" if row.get("positions") else "VQ"
+    """Tuples of several components (position, shape, code) or one code per token."""
+    return "GaussianToken" if len(row["tokenizer"]["vocab_sizes"]) > 1 else "VQ"
 
 
 def points(reports: list[dict], cost: str) -> dict[str, list[tuple]]:

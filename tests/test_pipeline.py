@@ -348,6 +348,12 @@ def test_the_demo_report_shows_what_the_generator_pays(run):
     assert summary["gpt_sample_flops_per_image"] == sampling
     row = "| GPT sampling FLOPs per image (KV cache; x2 with guidance) |"
     assert f"{row} {sampling / 1e6:.1f} M |" in text
+    # the frontier figure reads this report.json: a Gaussian-tuple pipeline at its cost
+    from launch.frontier import points
+
+    tokens = summary["tokenizer"]["num_tokens"]
+    assert points([json.loads((report / "report.json").read_text())], "sample") == {
+        "GaussianToken": [(sampling, summary["fid"], 0.0, tokens, "p")]}
 
 
 def test_the_report_scores_the_weights_that_were_sampled(run, tmp_path):
