@@ -3,7 +3,7 @@ tokenizer family (GaussianToken tuples, VQ grids), one point per pipeline (its t
 count beside it), error bars one standard deviation over the report's runs.
 
     python -m launch.frontier runs/frontier-mnist/report.json [more report.json ...] \\
-        --cost train --out launch/results/frontier-mnist.png
+        --cost train --out frontier.png
 
 Reads demo reports (``python -m launch.demo``, e.g. the frontier config run in parts with
 ``--only``): every pipeline row of every report given (ablation rows are skipped; a
