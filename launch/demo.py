@@ -240,11 +240,12 @@ def reuse_tuned_gpt(pcfg, tuned: dict) -> None:
     ablation that keeps the GPT) samples the GPT tuning chose instead of training the
     same one again, when that GPT's recorded config is the one this run would train.
     tuned: the pipeline's own GPT folder -> the chosen candidate's (tune.json "gpt")."""
-    own = pcfg.reuse.get("gpt") or str(Path(pcfg.out) / "gpt")
+    pipeline = Pipeline(pcfg, progress=False)
+    own = str(pipeline.dir("gpt"))
     if own not in tuned or not (Path(tuned[own]) / "stage.json").exists():
         return
     found = read_json(Path(tuned[own]) / "stage.json", "the tuned GPT's record")["config"]
-    mine = configlib.to_dict(Pipeline(pcfg, progress=False).gpt_config())
+    mine = configlib.to_dict(pipeline.gpt_config())
     if {**found, "out": None} == {**mine, "out": None}:
         pcfg.reuse["gpt"] = tuned[own]
 

@@ -11,7 +11,6 @@ pipeline named in two reports is taken from the later one). The x axis is logari
 """
 
 import argparse
-import json
 import math
 import sys
 from io import BytesIO
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from data.files import atomic_write_bytes
+from data.files import atomic_write_bytes, read_json
 
 COSTS = {  # --cost -> (report.json field, axis label)
     "train": ("gpt_train_flops_per_image", "GPT training FLOPs per image"),
@@ -135,9 +134,9 @@ def main(argv=None) -> int:
     parser.add_argument("--title", default="", help="a line above the plot")
     args = parser.parse_args(argv)
     try:
-        reports = [json.loads(p.read_text()) for p in args.reports]
+        reports = [read_json(p, "a demo report") for p in args.reports]
         series = points(reports, args.cost)
-    except (OSError, ValueError) as err:  # json.JSONDecodeError is a ValueError
+    except (OSError, ValueError) as err:  # read_json: WeightsError, a ValueError
         print(f"launch.frontier: {err}", file=sys.stderr)
         return 2
     floors = [r["fid_floor"] for r in reports if "fid_floor" in r]
