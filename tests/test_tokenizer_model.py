@@ -280,6 +280,57 @@ def test_decoder_res_blocks_deepens_only_the_decoder():
         ConvConfig(style="taming", decoder_res_blocks=3)
 
 
+def test_decoder_down_decodes_the_splat_through_the_coarser_maps_decoder():
+    """gaussian-debug64 (a 16x16 splat) with decoder_down 1 has, parameter for parameter,
+    the decoder of VQ 8x8 on the same trunk (fed its 8x8 grid), its input conv strided:
+    with VQ 8x8's weights loaded it gives what VQ 8x8's decoder gives on the splat map
+    convolved by hand with stride 2. The encoder is untouched, 0 builds the old decoder,
+    and a config written before the field existed loads as that same model."""
+    import torch.nn.functional as F
+
+    from data import config as configlib
+    from tokenizer.config import ConvConfig, TokenizerConfig
+
+    base = registry_config("gaussian-debug64")
+    down = registry_config("gaussian-debug64")
+    down.encoder.decoder_down = 1
+    down.__post_init__()
+    vq8 = registry_config("vq-debug")
+    vq8.encoder.ch_mult, vq8.vq.grid = (1, 2, 2), 8
+    vq8.__post_init__()
+    torch.manual_seed(0)
+    base_model, down_model, vq_model = (build_tokenizer(c) for c in (base, down, vq8))
+    shapes = {k: v.shape for k, v in vq_model.decoder.state_dict().items()}
+    assert {k: v.shape for k, v in down_model.decoder.state_dict().items()} == shapes
+    assert {k: v.shape for k, v in down_model.encoder.state_dict().items()} == \
+        {k: v.shape for k, v in base_model.encoder.state_dict().items()}
+    down_model.decoder.load_state_dict(vq_model.decoder.state_dict())
+    z = torch.randn(2, down.quantizer.dim, 16, 16, generator=torch.Generator().manual_seed(1))
+    dec = vq_model.decoder.eval()
+    with torch.no_grad():
+        h = F.conv2d(z, dec.conv_in.weight, dec.conv_in.bias, stride=2, padding=1)
+        assert h.shape[-1] == 8
+        expected = dec.conv_out(F.silu(dec.norm_out(dec.body(h))))
+        got = down_model.decoder.eval()(z)
+    assert got.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    zero = registry_config("gaussian-debug64")
+    zero.encoder.decoder_down = 0
+    assert {k: v.shape for k, v in build_tokenizer(zero).state_dict().items()} == \
+        {k: v.shape for k, v in base_model.state_dict().items()}
+    old = configlib.to_dict(base)
+    del old["encoder"]["decoder_down"]
+    assert configlib.from_dict(TokenizerConfig, old) == base
+    with pytest.raises(ValueError, match="decoder_down must be >= 0"):
+        ConvConfig(decoder_down=-1)
+    with pytest.raises(ValueError, match="decoder_down is for style 'resnet'"):
+        ConvConfig(style="taming", decoder_down=1)
+    deep = registry_config("gaussian-debug64")
+    deep.encoder.decoder_down = 5
+    with pytest.raises(ValueError, match=r"16x16 input map .* divisible by 32"):
+        deep.__post_init__()
+
+
 def test_taming_vq_trains_with_its_codebook_on_the_sphere():
     """LlamaGen's VQ trunk trains through our quantiser: gradients reach the encoder and
     the EMA codebook (k-means start, updates) stays l2-normalised."""

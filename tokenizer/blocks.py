@@ -48,16 +48,22 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     """[B, in_channels, s, s] -> [B, 3, s * factor, s * factor]; mirrors the encoder
-    (``cfg.decoder_blocks`` ResBlocks per level)."""
+    (``cfg.decoder_blocks`` ResBlocks per level). With ``cfg.decoder_down`` = d its input
+    conv and d - 1 more 3x3 convs stride 2 down to s / 2^d, and it decodes from there
+    through d more levels: the decoder of a map 2^d times coarser, fed the finer map."""
 
     def __init__(self, cfg: ConvConfig, in_channels: int, factor: int):
         super().__init__()
         levels = int(math.log2(factor)) + 1
         if 2 ** (levels - 1) != factor:
             raise ValueError(f"decoder factor must be a power of two, got {factor}")
+        levels += cfg.decoder_down
         mult = list(cfg.ch_mult[:levels]) + [cfg.ch_mult[-1]] * (levels - len(cfg.ch_mult))
         chans = [cfg.channels * m for m in reversed(mult)]
-        self.conv_in = nn.Conv2d(in_channels, chans[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels, chans[0], 3, stride=2 if cfg.decoder_down else 1,
+                                 padding=1)
+        self.down = nn.Sequential(*(nn.Conv2d(chans[0], chans[0], 3, stride=2, padding=1)
+                                    for _ in range(cfg.decoder_down - 1)))
         layers, cin = [ResBlock(chans[0], chans[0], cfg.groups)], chans[0]
         for level, cout in enumerate(chans):
             for _ in range(cfg.decoder_blocks):
@@ -70,7 +76,7 @@ class Decoder(nn.Module):
         self.norm_out, self.conv_out = norm(cin, cfg.groups), nn.Conv2d(cin, 3, 3, padding=1)
 
     def forward(self, z):
-        return self.conv_out(F.silu(self.norm_out(self.body(self.conv_in(z)))))
+        return self.conv_out(F.silu(self.norm_out(self.body(self.down(self.conv_in(z))))))
 
 
 class Attention(nn.Module):

@@ -40,6 +40,10 @@ class ConvConfig:
     # resnet: ResBlocks per decoder level (0: res_blocks, as the encoder); a deeper decoder
     # only, e.g. to match a baseline's parameter count at the same encoder
     decoder_res_blocks: int = 0
+    # resnet: stride-2 steps at the decoder's input, so that it starts this many levels
+    # below the map it is fed and has as many levels more (1: a 16x16 splat decoded from
+    # 8x8 up, through the decoder of a model fed an 8x8 grid). 0: decoded at the map's side
+    decoder_down: int = 0
 
     def __post_init__(self):
         if self.style not in STYLES:
@@ -55,6 +59,11 @@ class ConvConfig:
         if self.decoder_res_blocks and self.style != "resnet":
             raise ValueError("encoder.decoder_res_blocks is for style 'resnet' (taming's "
                              "decoder has res_blocks + 1 per level, as LlamaGen's)")
+        if self.decoder_down < 0:
+            raise ValueError(f"encoder.decoder_down must be >= 0, got {self.decoder_down}")
+        if self.decoder_down and self.style != "resnet":
+            raise ValueError("encoder.decoder_down is for style 'resnet' (the taming trunk's "
+                             "decoder is fixed)")
 
     @property
     def decoder_blocks(self) -> int:
@@ -188,6 +197,11 @@ class TokenizerConfig:
         if side and self.encoder.style == "taming":
             raise ValueError("vq.decoder_map is for the resnet style (the taming trunk's "
                              "decoder is fixed)")
+        fed = self.gaussian.splat_size if self.kind == "gaussian" else self.decoder_map
+        if fed % 2 ** self.encoder.decoder_down:
+            raise ValueError(f"encoder.decoder_down {self.encoder.decoder_down} halves the "
+                             f"decoder's {fed}x{fed} input map that many times: its side must "
+                             f"be divisible by {2 ** self.encoder.decoder_down}")
 
     @property
     def feature_grid(self) -> int:
