@@ -134,9 +134,6 @@ def parse_classes(text: str, num_classes: int, names: list[str] | None) -> list[
     return ids
 
 
-ORDERS = {"auto": None, "on": True, "off": False}
-
-
 def check_sampling_args(cfg_scale: float, top_k: int, top_p: float, temperature: float,
                         vocab_sizes: list[int], guide="all", order=None,
                         model_cfg: GPTConfig | None = None) -> None:

@@ -23,6 +23,7 @@ and ``sample.*`` keys can be tuned (a tokenizer setting would change the codes e
 candidate shares), and every ``gpt.*`` key comes before the ``sample.*`` keys.
 """
 
+from dataclasses import replace
 from pathlib import Path
 
 from data import config as configlib
@@ -88,10 +89,18 @@ def candidate_table(table: dict, key: str, value, chosen: dict, gpt_seed: int | 
 def sampled_as(candidate: dict) -> tuple:
     """What a candidate's FID depends on besides the stages every candidate shares: the
     GPT it samples (its own when it trains one) and its sample and eval settings, with
-    their defaults (so "order" = "auto" given equals "order" left out)."""
+    their defaults (so "order" = "auto" given equals "order" left out), and the order
+    constraint as the sampler resolves it for a GPT that is already trained ("auto": on
+    for tuples with a position token, else off)."""
     gpt = candidate["reuse"].get("gpt") or str(Path(candidate["out"]) / "gpt")
-    return (gpt, configlib.from_dict(SampleStage, candidate.get("sample", {})),
-            configlib.from_dict(EvalStage, candidate.get("eval", {})))
+    sample = configlib.from_dict(SampleStage, candidate.get("sample", {}))
+    record = Path(gpt) / "gpt.json"
+    if record.exists():
+        positions = read_json(record, "the GPT's record", ("gpt",))["gpt"].get(
+            "position_component", -1) >= 0
+        if sample.order == "auto":
+            sample = replace(sample, order="on" if positions else "off")
+    return (gpt, sample, configlib.from_dict(EvalStage, candidate.get("eval", {})))
 
 
 def validation_fid(eval_dir: Path) -> float:
@@ -124,6 +133,7 @@ def tune_pipeline(tune: dict, table: dict, gpt_seed: int | None, run) -> dict:
             else:
                 dirs = run(f"tune {key}={value}", candidate)
                 fid = validation_fid(Path(dirs["eval"]))
+                same = sampled_as(candidate)  # its GPT now trained: "auto" resolved
             finished.append((same, fid, dirs))
             fids.append(fid)
             gpts.append(str(dirs["gpt"]))

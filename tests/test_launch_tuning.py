@@ -118,6 +118,38 @@ def test_a_candidate_that_repeats_an_earlier_run_is_not_run_again(tmp_path):
                                 "sample.order": "off"}
 
 
+@pytest.mark.parametrize("position_component", [-1, 0])
+def test_order_off_repeats_auto_only_for_a_gpt_without_positions(tmp_path,
+                                                                 position_component):
+    """The sampler resolves order "auto" from the GPT's record (on with a position token,
+    else off): for VQ codes "off" is the run "auto" made and takes its FID; for Gaussian
+    tuples it is another run."""
+    labels = []
+
+    def run(label, candidate):
+        out = Path(candidate["out"])
+        gpt = Path(candidate["reuse"].get("gpt", out / "gpt"))
+        if "gpt" not in candidate["reuse"]:  # a candidate that trains its GPT
+            gpt.mkdir(parents=True)
+            (gpt / "gpt.json").write_text(json.dumps(
+                {"gpt": {"position_component": position_component}}))
+        (out / "eval").mkdir(parents=True)
+        (out / "eval" / "result.json").write_text(json.dumps(
+            {"metrics": {"fid": 5.0 if label.endswith("off") else 7.0}}))
+        labels.append(label)
+        return {"gpt": gpt, "eval": out / "eval"}
+
+    tune = {"gpt.model.dropout": [0.1], "sample.order": ["auto", "off"]}
+    record = tune_pipeline(tune, _table(tmp_path), 3, run)
+    if position_component < 0:
+        assert labels == ["tune gpt.model.dropout=0.1"]
+        assert record["keys"]["sample.order"]["fid"] == [7.0, 7.0]
+        assert record["chosen"]["sample.order"] == "auto"  # the first on a tie
+    else:
+        assert labels == ["tune gpt.model.dropout=0.1", "tune sample.order=off"]
+        assert record["keys"]["sample.order"]["fid"] == [7.0, 5.0]
+
+
 def test_a_run_samples_the_tuned_gpt_only_when_it_would_train_the_same_one(tmp_path):
     from data import config as configlib
     from launch.demo import resolve, reuse_tuned_gpt
