@@ -235,9 +235,9 @@ class TupleHeads(nn.Module):
             hk = self.out_norms[k - 1](hk)
         out = self.outs[k](hk).float()
         if k == self.position and hasattr(self, "row_out"):  # [..., G*G] += row + column
-            rows = self.row_out(hk).float().repeat_interleave(self.grid, dim=-1)
-            out = out + rows + self.col_out(hk).float().repeat(*([1] * (h.dim() - 1)),
-                                                                self.grid)
+            g = self.grid  # broadcast over [..., G, G]: no G*G copies of the row and column
+            out = (out.unflatten(-1, (g, g)) + self.row_out(hk).float()[..., :, None]
+                   + self.col_out(hk).float()[..., None, :]).flatten(-2)
         return out
 
 

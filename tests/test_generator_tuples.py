@@ -238,9 +238,12 @@ def test_factorised_position_terms_add_a_row_and_a_column_score():
         got = model.heads.logits(h, 0, [])
         free, rows, cols = (m(h).float() for m in (model.heads.outs[0], model.heads.row_out,
                                                    model.heads.col_out))
-    for p in range(16):  # token p = row * 4 + column
+    for p in range(16):  # token p = row * 4 + column; the same two additions: exact
         torch.testing.assert_close(got[..., p], free[..., p] + rows[..., p // 4]
-                                   + cols[..., p % 4])
+                                   + cols[..., p % 4], rtol=0, atol=0)
+    with torch.no_grad():  # one step's hidden state [B, D], as the sampler scores it
+        torch.testing.assert_close(model.heads.logits(h[:, 0], 0, []), got[:, 0], rtol=0,
+                                   atol=0)
     tokens = _tokens()
     with torch.no_grad():
         x = model.embed_tokens(tokens)
