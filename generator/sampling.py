@@ -109,6 +109,17 @@ def decode_step(model, compile: bool = False):
     return graphed_step
 
 
+def resolve_order(order: bool | None, position_component: int) -> bool:
+    """The order constraint a sampler applies: None (auto) = on when the tuples have a
+    position token; on without one is a ValueError."""
+    if order is None:
+        return position_component >= 0
+    if order and position_component < 0:
+        raise ValueError("the order constraint needs tuples with a position token; this "
+                         "model has none")
+    return order
+
+
 @torch.no_grad()
 def generate(model, labels: torch.Tensor, *, cfg_scale: float = 1.0, schedule: str = "constant",
              guide=None, order: bool | None = None, temperature: float = 1.0, top_k: int = 0,
@@ -134,11 +145,7 @@ def generate(model, labels: torch.Tensor, *, cfg_scale: float = 1.0, schedule: s
     cfg = model.cfg
     B, N, K = labels.shape[0], cfg.num_tokens, len(cfg.vocab_sizes)
     pc = cfg.position_component
-    if order is None:
-        order = pc >= 0
-    elif order and pc < 0:
-        raise ValueError("the order constraint needs tuples with a position token; this "
-                         "model has none")
+    order = resolve_order(order, pc)
     guide_set = set(guided_components(guide, cfg.names))
     guided = cfg_scale != 1.0
     cls = torch.cat([labels, torch.full_like(labels, model.null_class)]) if guided else labels

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from data import config as configlib
 from data.files import atomic_write_json, read_json
+from generator.sampling import resolve_order
 from launch.pipeline import EvalStage, SampleStage
 
 STAGES_SHARED = ("data", "tokenizer", "codes")  # every candidate of a pipeline reuses these
@@ -96,10 +97,10 @@ def sampled_as(candidate: dict) -> tuple:
     sample = configlib.from_dict(SampleStage, candidate.get("sample", {}))
     record = Path(gpt) / "gpt.json"
     if record.exists():
-        positions = read_json(record, "the GPT's record", ("gpt",))["gpt"].get(
-            "position_component", -1) >= 0
         if sample.order == "auto":
-            sample = replace(sample, order="on" if positions else "off")
+            pc = read_json(record, "the GPT's record", ("gpt",))["gpt"].get(
+                "position_component", -1)
+            sample = replace(sample, order="on" if resolve_order(None, pc) else "off")
     return (gpt, sample, configlib.from_dict(EvalStage, candidate.get("eval", {})))
 
 
